@@ -1,0 +1,108 @@
+"""Command line: `mfserve api | worker | migrate | import | train` (also `python -m service`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.config import Settings, SettingsError, load_settings
+
+
+def _parse_json_object(text: str) -> dict[str, object]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--config must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="mfserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    api = commands.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", help="interface to bind (MFSERVE_HOST)")
+    api.add_argument("--port", type=int, help="TCP port (MFSERVE_PORT)")
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also start the training worker as a child process (what `make run` does)",
+    )
+
+    worker = commands.add_parser("worker", help="run the background training worker")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+
+    commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
+
+    importer = commands.add_parser("import", help="load ratings from a file into the database")
+    source = importer.add_mutually_exclusive_group(required=True)
+    source.add_argument("path", nargs="?", type=Path, help="ratings file to import")
+    source.add_argument("--dataset", choices=["ml-100k"], help="download and import a dataset")
+    importer.add_argument(
+        "--format",
+        choices=["auto", "movielens-csv", "ml100k-udata", "recbole-inter", "csv"],
+        default="auto",
+        help="file format (auto: from the file name and header)",
+    )
+    importer.add_argument("--user-column", default="user", help="generic CSV: user id column")
+    importer.add_argument("--item-column", default="item", help="generic CSV: item id column")
+    importer.add_argument("--rating-column", default="rating", help="generic CSV: rating column")
+    importer.add_argument(
+        "--timestamp-column", default="timestamp", help="generic CSV: timestamp column"
+    )
+    importer.add_argument("--delimiter", default=",", help="generic CSV: field delimiter")
+    importer.add_argument("--batch-size", type=int, default=10_000, help="rows per transaction")
+    importer.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    train = commands.add_parser("train", help="train and evaluate a model offline")
+    train.add_argument("--dataset", choices=["ml-100k"], default="ml-100k")
+    train.add_argument("--model", required=True, help="model name, e.g. als-biased")
+    train.add_argument("--config", type=_parse_json_object, default={}, help="config as JSON")
+    train.add_argument("--seed", type=int, default=42, help="split and training seed")
+    train.add_argument("--output", type=Path, help="save the trained model into this directory")
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Dispatch a parsed command line; returns the process exit code."""
+    if args.command == "api":
+        from service.server import run_api
+
+        return run_api(settings, host=args.host, port=args.port, with_worker=args.with_worker)
+    if args.command == "worker":
+        from service.worker.loop import run_worker
+
+        return run_worker(settings, once=args.once)
+    if args.command == "migrate":
+        from service.db.migrations import upgrade_to_head
+
+        upgrade_to_head(settings.database_url)
+        return 0
+    if args.command == "import":
+        from service.importer import run_import_command
+
+        return run_import_command(settings, args)
+    if args.command == "train":
+        from service.offline import run_train_command
+
+        return run_train_command(settings, args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mfserve` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"mfserve: {exc}", file=sys.stderr)
+        return 2
+    return run(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
