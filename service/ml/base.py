@@ -84,8 +84,17 @@ class Recommender(ABC, Generic[ConfigT]):
 
     # ----- training -------------------------------------------------------------------------
     @abstractmethod
-    def fit(self, data: Interactions, progress: ProgressCallback | None = None) -> None:
-        """Train on interactions; their vocabularies become the model's."""
+    def fit(
+        self,
+        data: Interactions,
+        progress: ProgressCallback | None = None,
+        validation: Interactions | None = None,
+    ) -> None:
+        """Train on interactions; their vocabularies become the model's.
+
+        `validation` (same vocabularies) is used for early stopping where the model supports it.
+        `progress` is called after each epoch; an exception it raises aborts training (cancel).
+        """
 
     # ----- the factor form (subclasses) ------------------------------------------------------
     @abstractmethod
