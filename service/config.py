@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MFSERVE_"
+
+ALGORITHMS = ("popular", "als-biased", "als-implicit", "flexmf-explicit", "flexmf-implicit")
+"""Model names that training jobs accept (the names of `service.ml.catalog`)."""
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
@@ -59,6 +62,47 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=1, ge=1, le=256)
     """Intra-op threads of torch/BLAS in the API process (the worker uses all cores)."""
 
+    # ----- training worker and model registry (issue 4) ------------------------------------
+    default_algorithm: str = "als-biased"
+    """Model trained by scheduled retraining (and by `POST /admin/retrain` without a config)."""
+
+    default_config: dict[str, Any] = Field(default_factory=dict)
+    """JSON object of hyper-parameters for `DEFAULT_ALGORITHM` ({} keeps the model's defaults)."""
+
+    retrain_interval: float = Field(default=3600.0, ge=0)
+    """Seconds between scheduled retrains, when ratings changed since the last job (0: off)."""
+
+    retrain_min_new_ratings: int = Field(default=10_000, ge=0)
+    """Retrain as soon as this many ratings were stored since the last job's snapshot (0: off)."""
+
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    """Seconds between a training worker's heartbeats."""
+
+    heartbeat_timeout: float = Field(default=60.0, gt=0)
+    """A running job without a heartbeat for this many seconds is marked failed."""
+
+    worker_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds an idle worker waits before looking for queued jobs again."""
+
+    worker_threads: int | None = Field(default=None, ge=1, le=1024)
+    """Torch threads of the training worker (unset: one per available core)."""
+
+    registry_poll_interval: float = Field(default=2.0, gt=0)
+    """Seconds between an API process's checks of the active model version."""
+
+    keep_versions: int = Field(default=5, ge=1, le=10_000)
+    """Artifacts of this many newest model versions are kept for rollback (the active always)."""
+
+    gate_margin: float = Field(default=0.05, ge=0, le=10)
+    """Sanity gate: a new model may be worse than the popularity baseline's validation metric
+    by at most this fraction of it (0.05: 5%), or the job fails and the active model stays."""
+
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    """Share of the ratings (of each user's, for implicit models) held out to validate a retrain."""
+
+    training_seed: int = 42
+    """Seed of the validation holdout of every retrain."""
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -72,6 +116,22 @@ class Settings(BaseSettings):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    @field_validator("default_algorithm")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        if value not in ALGORITHMS:
+            raise ValueError(f"must be one of {', '.join(ALGORITHMS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_ordered(self) -> Settings:
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"{ENV_PREFIX}HEARTBEAT_TIMEOUT ({self.heartbeat_timeout}) must exceed twice "
+                f"{ENV_PREFIX}HEARTBEAT_INTERVAL ({self.heartbeat_interval})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _scale_ordered(self) -> Settings:
