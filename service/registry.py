@@ -1,0 +1,212 @@
+"""The model version this process serves: loaded off the request path, checked, swapped atomically.
+
+A `ModelRegistry` holds one reference to an immutable `ServedModel`. Its poll loop asks a
+caller-supplied function which version is active (the database, in the service), and when that
+differs from the one served it reads the artifact in a worker thread, verifies its sha256 and
+replaces the reference in a single assignment. Request handlers read `registry.current` once and
+use that object until they answer, so a request in flight finishes on the model it started with.
+
+An artifact that cannot be used (sha256 mismatch, unreadable, malformed) is refused with one
+error log line; the previous model keeps serving and the refused version is retried only after a
+growing delay, never in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.ml.artifacts import ArtifactError, LoadedArtifact, SnapshotInfo, read_artifact
+from service.ml.base import Recommender
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY_S = 600.0
+"""Longest wait before a refused artifact is tried again."""
+
+
+class VersionRecord(Protocol):
+    """What the registry needs to know about the active version (a database row, in practice)."""
+
+    @property
+    def version(self) -> int:
+        """The version number."""
+
+    @property
+    def algorithm(self) -> str:
+        """The model name, e.g. `als-biased`."""
+
+    @property
+    def artifact(self) -> str:
+        """The artifact's file name, relative to the artifact directory."""
+
+    @property
+    def sha256(self) -> str:
+        """The artifact's recorded sha256 (hex)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version; never mutated after it is built."""
+
+    version: int
+    algorithm: str
+    sha256: str
+    model: Recommender[Any]
+    fallback: Recommender[Any] | None
+    """The popularity model packed with it, for users the model cannot score (may be None)."""
+    snapshot: SnapshotInfo | None
+    loaded_at: datetime
+
+
+@dataclass
+class _Refusal:
+    attempts: int
+    retry_at: float
+    reason: str
+
+
+ArtifactReader = Callable[[Path, str], LoadedArtifact]
+
+
+class ModelRegistry:
+    """The active model of this process, refreshed from `fetch_active` by a poll loop."""
+
+    def __init__(
+        self,
+        fetch_active: Callable[[], VersionRecord | None],
+        artifact_dir: Path,
+        poll_interval_s: float = 2.0,
+        retry_delay_s: float = 30.0,
+        reader: ArtifactReader = read_artifact,
+    ) -> None:
+        self._fetch_active = fetch_active
+        self._artifact_dir = artifact_dir
+        self._poll_interval_s = poll_interval_s
+        self._retry_delay_s = retry_delay_s
+        self._reader = reader
+        self._current: ServedModel | None = None
+        self._refused: dict[tuple[int, str], _Refusal] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        """The newest refusal or poll failure, for health reports; None after a clean poll."""
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The model to serve now (read once per request), or None before any is loaded."""
+        return self._current
+
+    @property
+    def version(self) -> int | None:
+        """The version served now, or None."""
+        current = self._current
+        return None if current is None else current.version
+
+    def is_refused(self, version: int, sha256: str) -> bool:
+        """Whether this version's artifact was refused and not since loaded."""
+        return (version, sha256) in self._refused
+
+    def _load(self, record: VersionRecord) -> ServedModel:
+        loaded = self._reader(self._artifact_dir / record.artifact, record.sha256)
+        if loaded.model.name != record.algorithm:
+            raise ArtifactError(
+                f"artifact {record.artifact} holds model {loaded.model.name!r}, "
+                f"but version {record.version} is recorded as {record.algorithm!r}"
+            )
+        return ServedModel(
+            version=record.version,
+            algorithm=record.algorithm,
+            sha256=record.sha256,
+            model=loaded.model,
+            fallback=loaded.fallback,
+            snapshot=loaded.snapshot,
+            loaded_at=datetime.now(UTC),
+        )
+
+    async def refresh(self) -> bool:
+        """Poll once: load and swap in the active version if it changed; True when swapped."""
+        async with self._lock:
+            try:
+                record = await asyncio.to_thread(self._fetch_active)
+            except Exception as exc:  # the database may be briefly away; keep serving
+                self.last_error = f"cannot read the active model version: {exc}"
+                log.warning("%s; still serving version %s", self.last_error, self.version)
+                return False
+            if record is None:
+                return False
+            current = self._current
+            if (
+                current is not None
+                and current.version == record.version
+                and current.sha256 == record.sha256
+            ):
+                return False
+            key = (record.version, record.sha256)
+            refusal = self._refused.get(key)
+            if refusal is not None and time.monotonic() < refusal.retry_at:
+                return False
+            try:
+                served = await asyncio.to_thread(self._load, record)
+            except Exception as exc:
+                attempts = 1 if refusal is None else refusal.attempts + 1
+                delay = min(self._retry_delay_s * 2 ** (attempts - 1), MAX_RETRY_DELAY_S)
+                self._refused[key] = _Refusal(attempts, time.monotonic() + delay, str(exc))
+                self.last_error = f"refused model version {record.version}: {exc}"
+                log.error(
+                    "refused model version %d (%s, artifact %s): %s; still serving version %s; "
+                    "next attempt in %.0f s",
+                    record.version,
+                    record.algorithm,
+                    record.artifact,
+                    exc,
+                    self.version,
+                    delay,
+                )
+                return False
+            self._refused.pop(key, None)
+            previous = self.version
+            self._current = served  # the one atomic swap; in-flight requests keep their object
+            self.last_error = None
+            log.info(
+                "now serving model version %d (%s), previously %s",
+                served.version,
+                served.algorithm,
+                previous,
+            )
+            return True
+
+    async def run(self) -> None:
+        """Poll forever (cancel the task to stop)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # never let the loop die; the next poll tries again
+                log.exception("model registry poll failed")
+            await asyncio.sleep(self._poll_interval_s)
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the poll loop as a task of the running event loop."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name="model-registry-poll")
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the poll loop and wait for it to end."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def set_current(self, served: ServedModel) -> None:
+        """Serve a model built elsewhere (tests, or a process that trained it itself)."""
+        self._current = served

@@ -1,0 +1,422 @@
+"""The training worker process: claim a job, snapshot the ratings, train, evaluate, publish.
+
+`run_worker` loops until SIGTERM/SIGINT: it fails running jobs whose worker stopped
+heartbeating, queues a scheduled retrain when one is due, claims the oldest queued job and runs
+it in this process. While a job trains, a thread heartbeats every `MFSERVE_HEARTBEAT_INTERVAL`
+and picks up cancel requests; the training progress callback stores each epoch and raises to
+abort training on cancel, on shutdown, or when the job was taken away (reaped). After a publish,
+artifacts beyond the newest `MFSERVE_KEEP_VERSIONS` versions are deleted (never the active one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import ENV_PREFIX, Settings
+from service.db import jobs
+from service.db.session import create_db_engine, make_sessionmaker, transaction
+from service.db.snapshot import RatingsSnapshot, read_ratings_snapshot
+from service.ml.artifacts import ARTIFACT_SUFFIX, TEMP_PREFIX, SnapshotInfo
+from service.ml.base import TrainingProgress
+from service.worker.pipeline import (
+    InsufficientDataError,
+    RatingsData,
+    train_and_evaluate,
+    write_model_artifact,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_CHECK_S = 5.0
+"""Seconds between checks whether a scheduled retrain is due."""
+
+SCHEDULE_MIN_GAP_S = 30.0
+"""A new-ratings retrain waits at least this long after the previous job was requested."""
+
+ORPHAN_GRACE_S = 3600.0
+"""Unreferenced artifact files (and temporary files) older than this are removed."""
+
+
+class JobInterruptedError(Exception):
+    """Raised from the progress callback to stop training; `status` is the job's end status."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def make_worker_id() -> str:
+    """A worker id unique across hosts and restarts: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def snapshot_info(snapshot: RatingsSnapshot) -> SnapshotInfo:
+    """The snapshot's description as packed into the artifact."""
+    return SnapshotInfo(
+        taken_at=snapshot.taken_at,
+        n_ratings=len(snapshot),
+        n_users=int(np.unique(snapshot.users).shape[0]),
+        n_items=int(np.unique(snapshot.items).shape[0]),
+        newest_rating_at=snapshot.newest_rating_at,
+        stored_until=snapshot.stored_until,
+        history_versions=snapshot.history_versions,
+    )
+
+
+class _Heartbeat:
+    """A thread that heartbeats a running job and notices cancel requests and lost ownership."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: int, worker_id: str, interval_s: float
+    ) -> None:
+        self._sessions = sessions
+        self._job_id = job_id
+        self._worker_id = worker_id
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-job-{job_id}", daemon=True
+        )
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                with transaction(self._sessions) as session:
+                    state = jobs.heartbeat(session, self._job_id, self._worker_id)
+            except Exception as exc:  # keep trying; the reaper decides when it is too late
+                log.warning("heartbeat of job %d failed: %s", self._job_id, exc)
+                continue
+            if not state.owned:
+                self.lost.set()
+                return
+            if state.cancel_requested:
+                self.cancel.set()
+
+
+@dataclass
+class _Schedule:
+    next_check: float = 0.0
+
+
+class Worker:
+    """One worker: the loop's steps, usable one at a time from tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        worker_id: str | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = make_sessionmaker(engine)
+        self.write_sessions = make_sessionmaker(engine, write=True)
+        self.worker_id = worker_id or make_worker_id()
+        self.stop = stop or threading.Event()
+        self.artifact_dir = Path(settings.artifact_dir)
+        self._schedule = _Schedule()
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def run(self, once: bool = False) -> None:
+        """Work until `stop` is set (or, with `once`, until one job ran or none was queued)."""
+        log.info("training worker %s started", self.worker_id)
+        self.prune_artifacts()
+        while not self.stop.is_set():
+            ran = self.step()
+            if once:
+                return
+            if not ran:
+                self.stop.wait(self.settings.worker_poll_interval)
+        log.info("training worker %s stopped", self.worker_id)
+
+    def step(self) -> bool:
+        """Reap stale jobs, queue a due scheduled retrain, and run one queued job if any."""
+        self.reap()
+        if time.monotonic() >= self._schedule.next_check:
+            self._schedule.next_check = time.monotonic() + SCHEDULE_CHECK_S
+            self.schedule_if_due()
+        job = self.claim()
+        if job is None:
+            return False
+        self.run_job(job)
+        return True
+
+    def reap(self) -> list[int]:
+        """Fail running jobs whose heartbeat is older than the timeout."""
+        with transaction(self.write_sessions) as session:
+            reaped = jobs.reap_stale_jobs(session, self.settings.heartbeat_timeout)
+        for job_id in reaped:
+            log.warning("job %d failed: its worker stopped heartbeating", job_id)
+        return reaped
+
+    def claim(self) -> jobs.JobRecord | None:
+        """Claim the oldest queued job for this worker."""
+        with transaction(self.write_sessions) as session:
+            return jobs.claim_job(session, self.worker_id)
+
+    def schedule_if_due(self, now: datetime | None = None) -> jobs.JobRecord | None:
+        """Queue a retrain of the default algorithm when the interval passed or enough new
+        ratings arrived since the newest job's snapshot; never beside an open job."""
+        interval = self.settings.retrain_interval
+        min_new = self.settings.retrain_min_new_ratings
+        if not interval and not min_new:
+            return None
+        now = now or jobs.utcnow()
+        with transaction(self.write_sessions) as session:
+            jobs.lock_pointer(session)  # one scheduler at a time across workers
+            if jobs.has_open_job(session):
+                return None
+            new = jobs.count_ratings_stored_after(session, jobs.newest_snapshot_watermark(session))
+            if new == 0:
+                return None
+            last = jobs.latest_job(session)
+            since = None if last is None else now - last.requested_at
+            due_by_count = bool(min_new) and new >= min_new
+            if since is not None and since < timedelta(seconds=SCHEDULE_MIN_GAP_S):
+                due_by_count = False
+            due_by_time = bool(interval) and (since is None or since >= timedelta(seconds=interval))
+            if not (due_by_count or due_by_time):
+                return None
+            job = jobs.enqueue_job(
+                session,
+                self.settings.default_algorithm,
+                dict(self.settings.default_config),
+                requested_by="schedule",
+                now=now,
+            )
+        reason = f"{new} new ratings" if due_by_count else f"interval {interval:g} s passed"
+        log.info("scheduled retrain: job %d (%s), %s", job.job_id, job.algorithm, reason)
+        return job
+
+    # ----- one job ----------------------------------------------------------------------------
+    def _finish(self, job_id: int, status: str, **values: Any) -> None:
+        with transaction(self.write_sessions) as session:
+            finished = jobs.finish_job(session, job_id, self.worker_id, status, **values)
+        if not finished:
+            log.warning("job %d was no longer ours to finish as %s", job_id, status)
+
+    def _progress_callback(self, job_id: int, beat: _Heartbeat) -> Any:
+        def progress(report: TrainingProgress) -> None:
+            with transaction(self.write_sessions) as session:
+                state = jobs.record_progress(
+                    session,
+                    job_id,
+                    self.worker_id,
+                    epoch=report.epoch,
+                    epochs=report.epochs,
+                    loss=report.loss,
+                    elapsed_s=report.elapsed_s,
+                )
+            self._check(state.owned and not beat.lost.is_set(), state.cancel_requested, beat)
+
+        return progress
+
+    def _check(self, owned: bool, cancel: bool, beat: _Heartbeat) -> None:
+        if self.stop.is_set():
+            raise JobInterruptedError("failed", "the worker was shut down during training")
+        if not owned:
+            raise JobInterruptedError("lost", "the job is no longer running under this worker")
+        if cancel or beat.cancel.is_set():
+            raise JobInterruptedError("cancelled", "cancelled by an admin request")
+
+    def run_job(self, job: jobs.JobRecord) -> None:
+        """Run one claimed job to its end: succeeded, failed or cancelled."""
+        log.info("job %d: training %s %s", job.job_id, job.algorithm, job.config)
+        settings = self.settings
+        with _Heartbeat(
+            self.write_sessions, job.job_id, self.worker_id, settings.heartbeat_interval
+        ) as beat:
+            try:
+                self._run_job(job, beat)
+            except JobInterruptedError as exc:
+                if exc.status == "lost":
+                    log.warning("job %d: %s; dropping its result", job.job_id, exc.reason)
+                else:
+                    log.info("job %d %s: %s", job.job_id, exc.status, exc.reason)
+                    self._finish(job.job_id, exc.status, error=exc.reason)
+            except InsufficientDataError as exc:
+                log.warning("job %d failed: %s", job.job_id, exc)
+                self._finish(job.job_id, "failed", error=str(exc))
+            except Exception as exc:
+                log.exception("job %d failed", job.job_id)
+                self._finish(job.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _run_job(self, job: jobs.JobRecord, beat: _Heartbeat) -> None:
+        settings = self.settings
+        snapshot = read_ratings_snapshot(self.engine)
+        info = snapshot_info(snapshot)
+        with transaction(self.write_sessions) as session:
+            state = jobs.record_snapshot(
+                session, job.job_id, self.worker_id, info.summary(), snapshot.stored_until
+            )
+        self._check(state.owned, state.cancel_requested, beat)
+        data = RatingsData(
+            users=snapshot.users,
+            items=snapshot.items,
+            values=snapshot.values,
+            user_ids=snapshot.user_ids,
+            item_ids=snapshot.item_ids,
+            info=info,
+        )
+        outcome = train_and_evaluate(
+            job.algorithm,
+            job.config,
+            data,
+            validation_fraction=settings.validation_fraction,
+            seed=settings.training_seed,
+            gate_margin=settings.gate_margin,
+            progress=self._progress_callback(job.job_id, beat),
+        )
+        self._check(not beat.lost.is_set(), False, beat)
+        report = outcome.report()
+        if not outcome.gate.passed:
+            log.warning("job %d failed the sanity gate: %s", job.job_id, outcome.gate.reason)
+            self._finish(
+                job.job_id,
+                "failed",
+                metrics=report,
+                error=f"sanity gate failed: {outcome.gate.reason}",
+            )
+            return
+        artifact = write_model_artifact(outcome, self.artifact_dir, info, job.job_id)
+        new = jobs.NewVersion(
+            algorithm=job.algorithm,
+            config=outcome.model.config.model_dump(mode="json"),
+            artifact=artifact.path.name,
+            sha256=artifact.sha256,
+            size_bytes=artifact.size_bytes,
+            n_ratings=info.n_ratings,
+            n_users=info.n_users,
+            n_items=info.n_items,
+            newest_rating_at=info.newest_rating_at,
+            snapshot_taken_at=info.taken_at,
+            stored_until=info.stored_until,
+            metrics=report,
+        )
+        with transaction(self.write_sessions) as session:
+            version = jobs.publish_version(session, job.job_id, self.worker_id, new, activate=True)
+        if version is None:
+            artifact.path.unlink(missing_ok=True)
+            log.warning("job %d was taken from this worker; its artifact was dropped", job.job_id)
+            return
+        log.info(
+            "job %d succeeded: version %d (%s) is active; %s",
+            job.job_id,
+            version.version,
+            version.algorithm,
+            outcome.gate.reason,
+        )
+        self.prune_artifacts()
+
+    # ----- retention --------------------------------------------------------------------------
+    def prune_artifacts(self) -> list[int]:
+        """Delete artifacts of versions beyond the newest K (never the active one), and
+        unreferenced or temporary files older than an hour; returns the pruned versions."""
+        with transaction(self.write_sessions) as session:
+            candidates = jobs.prune_candidates(session, self.settings.keep_versions)
+            pruned = jobs.mark_pruned(session, [v.version for v in candidates])
+        with transaction(self.sessions) as session:
+            referenced = jobs.referenced_artifacts(session)
+        for record in candidates:
+            if record.version in pruned and record.artifact not in referenced:
+                (self.artifact_dir / record.artifact).unlink(missing_ok=True)
+        if pruned:
+            log.info("retention removed the artifacts of versions %s", pruned)
+        self._remove_orphans(referenced)
+        return pruned
+
+    def _remove_orphans(self, referenced: set[str]) -> None:
+        if not self.artifact_dir.is_dir():
+            return
+        cutoff = time.time() - ORPHAN_GRACE_S
+        for path in self.artifact_dir.iterdir():
+            is_ours = path.name.startswith(TEMP_PREFIX) or path.name.endswith(ARTIFACT_SUFFIX)
+            if not is_ours or path.name in referenced or not path.is_file():
+                continue
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    log.info("removed unreferenced artifact file %s", path.name)
+            except OSError:
+                continue
+
+
+def _validate_default(settings: Settings) -> str | None:
+    from service.ml.catalog import create_model
+
+    try:
+        create_model(settings.default_algorithm, dict(settings.default_config))
+    except Exception as exc:
+        return (
+            f"{ENV_PREFIX}DEFAULT_CONFIG is not a valid config for "
+            f"{settings.default_algorithm}: {exc}"
+        )
+    return None
+
+
+def run_worker(settings: Settings, once: bool = False) -> int:
+    """Entry point of `mfserve worker`: work until SIGTERM/SIGINT; returns the exit code."""
+    from service.db.migrations import SchemaNotCurrentError, check_schema
+    from service.ml.device import configure_threads
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    problem = _validate_default(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        return 2
+    engine = create_db_engine(settings.database_url)
+    try:
+        try:
+            check_schema(engine)
+        except SchemaNotCurrentError as exc:
+            log.error("%s", exc)
+            return 2
+        threads = configure_threads(settings.worker_threads)
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: finishing up", signum)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            worker = Worker(settings, engine, stop=stop)
+            log.info("worker %s uses %d torch threads", worker.worker_id, threads)
+            worker.run(once=once)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        engine.dispose()
+    return 0
