@@ -1,0 +1,235 @@
+"""`flexmf-implicit`: matrix factorization for implicit feedback with sampled negatives
+(logistic, BPR or WARP loss; uniform, popular or misranked negatives)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from service.ml.base import ProgressCallback, UserVector
+from service.ml.data import IndexArray, Interactions, ValueArray
+from service.ml.device import resolve_device, seeded_generator
+from service.ml.flexmf.config import FlexMFImplicitConfig
+from service.ml.flexmf.foldin import implicit_fold_in
+from service.ml.flexmf.losses import logistic_loss, pairwise_loss, warp_loss
+from service.ml.flexmf.model import FlexMFParameters
+from service.ml.flexmf.sampling import NegativeSampler, SamplerStats, rank_weight
+from service.ml.flexmf.scoring import FlexMFScorer, known_history
+from service.ml.flexmf.training import FlexMFTrainer
+
+CALIBRATION_USERS = 32
+CALIBRATION_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+FOLD_IN_SEED_OFFSET = 7919
+
+
+class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
+    """Implicit-feedback MF trained on positives against sampled negatives."""
+
+    name: ClassVar[str] = "flexmf-implicit"
+    config_type: ClassVar[type[FlexMFImplicitConfig]] = FlexMFImplicitConfig
+
+    def __init__(self, config: FlexMFImplicitConfig | None = None) -> None:
+        super().__init__(config)
+        self.fold_in_reg: float = 1.0
+        self.losses: list[float] = []
+        self.sampler_stats: list[SamplerStats] = []
+        """Misranked-sampler statistics per epoch (empty for other strategies)."""
+        self._negative_weights: torch.Tensor | None = None
+
+    def fit(
+        self,
+        data: Interactions,
+        progress: ProgressCallback | None = None,
+        validation: Interactions | None = None,
+    ) -> None:
+        """Train on user-item interactions (values are ignored); `validation` is not used."""
+        config = self.config
+        device = resolve_device(config.device)
+        params = FlexMFParameters(
+            data.n_users,
+            data.n_items,
+            config.embedding_size,
+            user_bias=config.selected_user_bias(),
+            item_bias=config.item_bias,
+            sparse=config.reg_method == "L2",
+            init_scale=config.init_scale,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        item_counts = np.bincount(data.items, minlength=data.n_items)
+        params.zero_unseen(
+            torch.as_tensor(np.bincount(data.users, minlength=data.n_users)),
+            torch.as_tensor(item_counts),
+        )
+        params = params.to(device)
+        self.user_ids, self.item_ids, self.device = data.user_ids, data.item_ids, device
+        self.global_bias = 0.0
+        users = torch.as_tensor(data.users, device=device)
+        items = torch.as_tensor(data.items, device=device)
+        generator = seeded_generator(config.seed, device)
+        sampler = NegativeSampler(
+            users,
+            items,
+            data.n_items,
+            config.selected_negative_strategy(),
+            generator,
+            exclude_positives=config.exclude_positives,
+        )
+        trainer = _ImplicitTrainer(params, config, users, items, sampler, generator)
+        self.losses = trainer.fit(progress)
+        self.sampler_stats = trainer.sampler_stats
+        self._store(params)
+        self._negative_weights = self._sampling_weights(item_counts)
+        if config.fold_in_regularization is not None:
+            self.fold_in_reg = config.fold_in_regularization
+        else:
+            self.fold_in_reg = self._calibrate_fold_in(data)
+
+    def _sampling_weights(self, item_counts: IndexArray) -> torch.Tensor:
+        """Relative probability of each item as a sampled negative (for the fold-in)."""
+        if self.config.selected_negative_strategy() == "popular":
+            weights = torch.as_tensor(item_counts, dtype=torch.float32)
+        else:
+            weights = torch.ones(len(item_counts))
+        return weights.to(self.device)
+
+    # ----- fold-in ---------------------------------------------------------------------------
+    def _fold(self, items: torch.Tensor, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        weights = self._negative_weights
+        if weights is None:
+            weights = torch.ones(self.n_items, device=self.device)
+        return implicit_fold_in(
+            self._tensor("item_factors"),
+            self._tensor("item_bias"),
+            items,
+            weights,
+            loss=config.loss,
+            fit_bias=config.selected_user_bias(),
+            positive_weight=config.positive_weight,
+            negative_count=config.negative_count,
+            regularization=reg,
+            steps=config.fold_in_steps,
+            generator=seeded_generator(config.seed + FOLD_IN_SEED_OFFSET, self.device),
+        )
+
+    def fold_in(self, items: IndexArray, ratings: ValueArray | None = None) -> UserVector:
+        """User vector minimizing the model's own loss on a history (ratings are ignored)."""
+        k_items, _ = known_history(items, ratings, self.n_items)
+        factors = self._tensor("item_factors")
+        has_bias = self.config.selected_user_bias()
+        if len(k_items) == 0:
+            return UserVector(torch.zeros_like(factors[0]), 0.0, has_bias)
+        index = torch.as_tensor(np.unique(k_items), device=factors.device)
+        x, b = self._fold(index, self.fold_in_reg)
+        return UserVector(x, float(b), has_bias)
+
+    def _calibrate_fold_in(self, data: Interactions) -> float:
+        """The fold-in strength whose fold-ins best reproduce trained users' top-10 lists."""
+        csr = data.user_csr()
+        candidates = np.flatnonzero(csr.counts() >= 5)
+        if len(candidates) == 0:
+            return 1.0
+        rng = np.random.default_rng(self.config.seed)
+        sample = rng.choice(candidates, size=min(CALIBRATION_USERS, len(candidates)), replace=False)
+        overlap = np.zeros(len(CALIBRATION_GRID))
+        n = min(10, self.n_items)
+        for user in sample:
+            u_items, _ = csr.row(int(user))
+            index = torch.as_tensor(np.unique(u_items), device=self.device)
+            u = torch.as_tensor([int(user)], device=self.device)
+            trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
+            for g, reg in enumerate(CALIBRATION_GRID):
+                x, b = self._fold(index, reg)
+                scores = self.score_user_vector(UserVector(x, float(b), True))
+                overlap[g] += len(trained & set(torch.topk(scores, n).indices.tolist()))
+        return float(CALIBRATION_GRID[int(np.argmax(overlap))])
+
+    def extra_metadata(self) -> dict[str, Any]:
+        """Fold-in strength and negative sampling weights' kind."""
+        return {"global_bias": self.global_bias, "fold_in_regularization": self.fold_in_reg}
+
+    def restore_extra_metadata(self, extra: dict[str, Any]) -> None:
+        """Restore what `extra_metadata` wrote."""
+        super().restore_extra_metadata(extra)
+        self.fold_in_reg = float(extra.get("fold_in_regularization", 1.0))
+
+
+class _ImplicitTrainer(FlexMFTrainer):
+    """One minibatch: score positives, draw and score negatives, apply the chosen loss."""
+
+    def __init__(
+        self,
+        params: FlexMFParameters,
+        config: FlexMFImplicitConfig,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        sampler: NegativeSampler,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__(params, config, len(users), generator)
+        self.implicit_config = config
+        self.users, self.items, self.sampler = users, items, sampler
+        self.misranked = config.selected_negative_strategy() == "misranked"
+        self.sampler_stats: list[SamplerStats] = []
+
+    def train_batch(self, rows: torch.Tensor) -> torch.Tensor:
+        """The configured loss of a batch of positives and their negatives."""
+        config = self.implicit_config
+        count = config.negative_count
+        users, positives = self.users[rows], self.items[rows]
+        u_emb, u_bias = self.model.users(users)
+        p_emb, p_bias = self.model.items(positives)
+        pos_item_score = (u_emb * p_emb).sum(-1)
+        if p_bias is not None:
+            pos_item_score = pos_item_score + p_bias
+        weights: torch.Tensor | None = None
+        if self.misranked:
+            negatives, weights = self._misranked(users, u_emb, pos_item_score, count)
+        else:
+            negatives = self.sampler.sample(users, count)
+        n_emb, n_bias = self.model.items(negatives)
+        neg_score = torch.einsum("bk,bck->bc", u_emb, n_emb)
+        if n_bias is not None:
+            neg_score = neg_score + n_bias
+        pos_score = pos_item_score
+        if u_bias is not None:
+            pos_score = pos_score + u_bias
+            neg_score = neg_score + u_bias.unsqueeze(1)
+        if config.loss == "logistic":
+            loss = logistic_loss(pos_score, neg_score, config.positive_weight)
+        elif config.loss == "pairwise":
+            loss = pairwise_loss(pos_score, neg_score)
+        else:
+            assert weights is not None
+            loss = warp_loss(pos_score, neg_score, weights)
+        k = u_emb.shape[1]
+        return loss + self.penalty(u_emb, p_emb, n_emb.reshape(-1, k), u_bias, p_bias, n_bias)
+
+    def _misranked(
+        self, users: torch.Tensor, u_emb: torch.Tensor, pos_item_score: torch.Tensor, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Misranked negatives (B, count) and WARP rank weights (B, count)."""
+        if count > 1:
+            users = users.repeat_interleave(count)
+            u_emb = u_emb.repeat_interleave(count, dim=0)
+            pos_item_score = pos_item_score.repeat_interleave(count)
+        item_bias = self.model.item_bias
+        negatives, draws, found = self.sampler.misranked(
+            users,
+            u_emb.detach(),
+            pos_item_score.detach(),
+            self.model.item_factors.detach(),
+            None if item_bias is None else item_bias.detach().squeeze(-1),
+            self.implicit_config.margin,
+            self.implicit_config.max_draws,
+        )
+        weights = rank_weight(self.sampler.n_items, draws) * found
+        self.sampler.record(draws, found, weights)
+        return negatives.view(-1, count), weights.view(-1, count)
+
+    def epoch_finished(self) -> None:
+        """Collect the misranked sampler's statistics of the epoch."""
+        if self.misranked:
+            self.sampler_stats.append(self.sampler.take_stats())

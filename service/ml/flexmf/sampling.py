@@ -1,0 +1,164 @@
+"""Negative sampling on the training device: uniform, popularity-weighted and WARP's
+misranked sampler, all vectorised over a minibatch (no host round trip per draw)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from service.ml.flexmf.config import NegativeStrategy
+
+EULER_GAMMA = 0.5772156649015329
+REDRAW_ROUNDS = 4
+"""Rounds of redrawing negatives that turned out to be positives (the rest are kept)."""
+MISRANK_CHUNK = 16
+"""Candidates the misranked sampler scores per row in one vectorised step."""
+
+
+def rank_weight(n_items: int, draws: torch.Tensor) -> torch.Tensor:
+    """WARP's weight L(rank): the harmonic number of rank ≈ floor((n_items-1)/draws)."""
+    rank = torch.floor((n_items - 1) / draws.clamp(min=1).to(torch.float32)).clamp(min=1)
+    return torch.digamma(rank + 1) + EULER_GAMMA
+
+
+@dataclass
+class SamplerStats:
+    """Running counts of the misranked sampler (reset per epoch)."""
+
+    rows: int = 0
+    draws: float = 0.0
+    found: int = 0
+    weight: float = 0.0
+
+    @property
+    def mean_draws(self) -> float:
+        """Average candidates drawn per positive."""
+        return self.draws / self.rows if self.rows else math.nan
+
+    @property
+    def found_rate(self) -> float:
+        """Fraction of positives for which a misranked candidate was found."""
+        return self.found / self.rows if self.rows else math.nan
+
+    @property
+    def mean_weight(self) -> float:
+        """Average rank weight applied to an update (0 where nothing misranked was found)."""
+        return self.weight / self.rows if self.rows else math.nan
+
+
+class NegativeSampler:
+    """Draws negative items for users from index tensors on the training device."""
+
+    def __init__(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        n_items: int,
+        strategy: NegativeStrategy,
+        generator: torch.Generator,
+        exclude_positives: bool = True,
+    ) -> None:
+        self.n_items = n_items
+        self.strategy = strategy
+        self.generator = generator
+        self.device = items.device
+        self.items = items
+        self.keys: torch.Tensor | None = None
+        if exclude_positives:
+            self.keys = torch.unique(users * n_items + items)  # sorted
+        self._totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._rows = 0
+
+    def _draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.strategy == "popular":
+            # an item of a random interaction: exactly popularity-proportional
+            picks = torch.randint(
+                len(self.items), shape, generator=self.generator, device=self.device
+            )
+            return self.items[picks]
+        return torch.randint(self.n_items, shape, generator=self.generator, device=self.device)
+
+    def is_positive(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Whether each candidate (B, c) is among its user's (B,) training items."""
+        if self.keys is None:
+            return torch.zeros_like(candidates, dtype=torch.bool)
+        query = users.unsqueeze(1) * self.n_items + candidates
+        pos = torch.searchsorted(self.keys, query).clamp(max=len(self.keys) - 1)
+        return self.keys[pos] == query
+
+    def sample(self, users: torch.Tensor, count: int) -> torch.Tensor:
+        """`count` negatives (B, count) per user by the uniform or popular strategy."""
+        candidates = self._draw((len(users), count))
+        if self.keys is None:
+            return candidates
+        for _ in range(REDRAW_ROUNDS):
+            bad = self.is_positive(users, candidates)
+            if not bool(bad.any()):
+                break
+            candidates = torch.where(bad, self._draw(candidates.shape), candidates)
+        return candidates
+
+    @torch.no_grad()
+    def misranked(
+        self,
+        users: torch.Tensor,
+        user_vectors: torch.Tensor,
+        positive_scores: torch.Tensor,
+        item_factors: torch.Tensor,
+        item_bias: torch.Tensor | None,
+        margin: float,
+        max_draws: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """WARP sampling: per row, uniform candidates until one scores above the positive
+        minus `margin` (at most `max_draws`). Returns the chosen negative (B,) (the best scoring
+        candidate where none was misranked), the number of draws (B,) and whether one was found.
+        """
+        n = len(users)
+        chosen = torch.zeros(n, dtype=torch.long, device=self.device)
+        best = torch.full((n,), -torch.inf, device=self.device)
+        draws = torch.full((n,), max_draws, dtype=torch.long, device=self.device)
+        found = torch.zeros(n, dtype=torch.bool, device=self.device)
+        active = torch.arange(n, device=self.device)
+        drawn = 0
+        while drawn < max_draws and len(active):
+            width = min(MISRANK_CHUNK, max_draws - drawn)
+            a_users = users[active]
+            cand = torch.randint(
+                self.n_items, (len(active), width), generator=self.generator, device=self.device
+            )
+            scores = torch.einsum("bk,bck->bc", user_vectors[active], item_factors[cand])
+            if item_bias is not None:
+                scores = scores + item_bias[cand]
+            scores = scores.masked_fill(self.is_positive(a_users, cand), -torch.inf)
+            hit = scores > (positive_scores[active] - margin).unsqueeze(1)
+            any_hit = hit.any(dim=1)
+            first = torch.argmax(hit.to(torch.int8), dim=1)
+            top_score, top_idx = scores.max(dim=1)
+            pick = torch.where(any_hit, first, top_idx)
+            pick_score = scores.gather(1, pick.unsqueeze(1)).squeeze(1)
+            better = any_hit | (pick_score > best[active])
+            rows = active[better]
+            chosen[rows] = cand[better, pick[better]]
+            best[rows] = pick_score[better]
+            hit_rows = active[any_hit]
+            draws[hit_rows] = drawn + first[any_hit] + 1
+            found[hit_rows] = True
+            active = active[~any_hit]
+            drawn += width
+        return chosen, draws, found
+
+    def record(self, draws: torch.Tensor, found: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add one batch's misranked-sampler outcome to the running totals (on the device)."""
+        batch = torch.stack([draws.sum(), found.sum(), weights.sum()]).to(torch.float64)
+        self._totals += batch
+        self._rows += len(draws)
+
+    def take_stats(self) -> SamplerStats:
+        """The statistics since the last call, and reset them."""
+        draws, found, weight = (float(v) for v in self._totals.cpu())
+        stats = SamplerStats(rows=self._rows, draws=draws, found=int(found), weight=weight)
+        self._totals.zero_()
+        self._rows = 0
+        return stats
