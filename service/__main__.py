@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--delimiter", default=",", help="generic CSV: field delimiter")
     importer.add_argument("--batch-size", type=int, default=10_000, help="rows per transaction")
     importer.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    importer.add_argument(
+        "--skip-invalid", action="store_true", help="skip invalid rows instead of stopping"
+    )
 
     train = commands.add_parser("train", help="train and evaluate a model offline")
     train.add_argument("--dataset", choices=["ml-100k"], default="ml-100k")

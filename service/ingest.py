@@ -187,6 +187,7 @@ def validate_columns(
             batch.ratings.append(value)
             batch.event_times.append(event_time)
     if errors:
+        errors.sort(key=lambda error: error.row)
         raise InvalidRatingsError(errors)
     return batch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -209,6 +210,14 @@ def sqlite_time(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
+_SQLITE_STORED_TIMES = """
+    SELECT r.user_id, r.item_id, r.event_at
+    FROM json_each(?) AS pair
+    JOIN ratings AS r
+      ON r.user_id = json_extract(pair.value, '$[0]')
+     AND r.item_id = json_extract(pair.value, '$[1]')
+"""
+
 _SQLITE_UPSERT = """
     INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at) VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (user_id, item_id) DO UPDATE
@@ -224,17 +233,13 @@ def _write_sqlite(
     # The raw DB-API cursor: SQLAlchemy's per-row result and parameter handling costs more
     # than SQLite's own work here.
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    stored: dict[tuple[int, int], str] = {}
-    chunk_size = SQLITE_CHUNK // 2
-    for start in range(0, len(rows), chunk_size):
-        chunk = rows[start : start + chunk_size]
-        values = ",".join(["(?,?)"] * len(chunk))
-        sql = (
-            "SELECT user_id, item_id, event_at FROM ratings "
-            f"WHERE (user_id, item_id) IN (VALUES {values})"
-        )
-        params = [value for row in chunk for value in row[:2]]
-        stored.update(((u, i), t) for u, i, t in cursor.execute(sql, params).fetchall())
+    # One JSON parameter joined through the primary key: a row-value IN (VALUES ...) list
+    # would scan the whole table.
+    pairs = json.dumps([row[:2] for row in rows])
+    stored: dict[tuple[int, int], str] = {
+        (user_id, item_id): event_at
+        for user_id, item_id, event_at in cursor.execute(_SQLITE_STORED_TIMES, (pairs,))
+    }
     stored_at = sqlite_time(now)
     writes: list[tuple[int, int, float | None, str, str]] = []
     inserted = updated = 0

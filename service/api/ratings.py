@@ -1,0 +1,109 @@
+"""Ratings: ingest (`POST /ratings`), a user's ratings, deleting ratings and users."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from pydantic import TypeAdapter
+
+from service.api.deps import (
+    ItemPath,
+    JsonBodyDep,
+    SessionDep,
+    SettingsDep,
+    UserPath,
+    WriteSessionDep,
+)
+from service.api.pagination import CursorQuery, LimitQuery, decode_cursor, encode_cursor
+from service.api.schemas import (
+    IngestResult,
+    RatingBatchIn,
+    RatingIn,
+    UserRatingOut,
+    UserRatingsPage,
+)
+from service.db import queries
+from service.db.upsert import upsert_ratings
+from service.errors import InvalidInputError, NotFoundError
+from service.ingest import InvalidRatingsError, PayloadShapeError, RatingRules, parse_payload
+
+router = APIRouter(tags=["ratings"])
+
+MAX_REPORTED_ERRORS = 100
+"""Row errors listed in a 422 reply; `error_count` tells how many there were in all."""
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+BODY_SCHEMA = TypeAdapter(RatingIn | RatingBatchIn).json_schema(ref_template=REF_TEMPLATE)
+"""OpenAPI schema of the body; the body itself is parsed by the shared rating validator."""
+BODY_COMPONENTS: dict[str, Any] = BODY_SCHEMA.pop("$defs", {})
+
+
+@router.post(
+    "/ratings",
+    status_code=status.HTTP_201_CREATED,
+    summary="Store one rating or a batch",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}
+    },
+    responses={
+        400: {"description": "malformed JSON"},
+        413: {"description": "body over MFSERVE_MAX_BODY_BYTES"},
+        422: {"description": "invalid rows, each named by index and field; nothing stored"},
+    },
+)
+def post_ratings(
+    payload: JsonBodyDep, session: WriteSessionDep, settings: SettingsDep
+) -> IngestResult:
+    """Store `{"user", "item", "rating"?, "timestamp"?}` or `{"ratings": [...]}`, all or nothing."""
+    now = datetime.now(UTC)
+    rules = RatingRules.from_settings(settings, now)
+    try:
+        batch = parse_payload(payload, rules, max_rows=settings.max_batch_rows, now=now)
+    except PayloadShapeError as exc:
+        raise InvalidInputError([{"field": "body", "message": str(exc)}]) from None
+    except InvalidRatingsError as exc:
+        errors = [
+            {"row": error.row, "field": error.field, "message": error.message}
+            for error in exc.errors[:MAX_REPORTED_ERRORS]
+        ]
+        raise InvalidInputError(errors, error_count=len(exc.errors)) from None
+    counts = upsert_ratings(session, batch, now=now)
+    return IngestResult(inserted=counts.inserted, updated=counts.updated, ignored=counts.ignored)
+
+
+@router.get("/users/{user}/ratings", summary="A user's ratings, page by page")
+def get_user_ratings(
+    user: UserPath, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+) -> UserRatingsPage:
+    """The user's ratings in a stable order; follow `next_cursor` until it is null."""
+    after = decode_cursor("r", cursor)
+    user_id = queries.find_user_id(session, user)
+    if user_id is None:
+        raise NotFoundError(f"unknown user {user!r}")
+    rows = queries.list_user_ratings(session, user_id, limit=limit, after_item_id=after)
+    return UserRatingsPage(
+        items=[UserRatingOut(item=r.item, rating=r.rating, timestamp=r.event_at) for r in rows],
+        next_cursor=encode_cursor("r", rows[-1].item_id) if len(rows) == limit else None,
+    )
+
+
+@router.delete(
+    "/users/{user}/ratings/{item}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete one rating",
+)
+def delete_rating(user: UserPath, item: ItemPath, session: WriteSessionDep) -> Response:
+    """Forget the user's rating of the item; 404 when there is none."""
+    if not queries.delete_rating(session, user, item, now=datetime.now(UTC)):
+        raise NotFoundError(f"user {user!r} has no rating of item {item!r}")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/users/{user}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user")
+def delete_user(user: UserPath, session: WriteSessionDep) -> Response:
+    """Delete the user and every rating of theirs; 404 for an unknown user."""
+    if queries.delete_user(session, user) is None:
+        raise NotFoundError(f"unknown user {user!r}")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

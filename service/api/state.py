@@ -1,0 +1,35 @@
+"""What the application's lifespan builds and every request reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+
+ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
+"""A part of the readiness probe: whether it is ready, and fields for the `/readyz` reply."""
+
+
+@dataclass
+class ServiceState:
+    """The engine, session factories and settings of one application instance."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    """Read sessions (SQLite: deferred transactions)."""
+    write_sessions: sessionmaker[Session]
+    """Write sessions (SQLite: BEGIN IMMEDIATE, so writers queue instead of failing)."""
+    readiness: list[ReadinessCheck] = field(default_factory=list)
+    """Extra `/readyz` checks (such as the served model version) added by later components."""
+
+
+class LifespanState(TypedDict):
+    """The typed lifespan state; requests read it as `request.state.service`."""
+
+    service: ServiceState

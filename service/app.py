@@ -1,0 +1,66 @@
+"""The FastAPI application factory; its lifespan owns the database engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+import service
+from service.api import health, items, ratings
+from service.api.limits import BodySizeLimit
+from service.api.state import LifespanState, ServiceState
+from service.config import Settings
+from service.db.migrations import check_schema
+from service.db.session import create_db_engine, make_sessionmaker
+from service.errors import install_error_handlers
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the application; nothing touches the database until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[LifespanState]:
+        engine = create_db_engine(settings.database_url)
+        try:
+            check_schema(engine)
+            state = ServiceState(
+                settings=settings,
+                engine=engine,
+                sessions=make_sessionmaker(engine),
+                write_sessions=make_sessionmaker(engine, write=True),
+            )
+            yield {"service": state}
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="mfserve",
+        version=service.__version__,
+        summary="Ratings storage and matrix-factorization recommendations.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(ratings.router)
+    app.include_router(items.router)
+    app.include_router(health.router)
+    _document_ratings_body(app)
+    return app
+
+
+def _document_ratings_body(app: FastAPI) -> None:
+    """Add the schemas of `POST /ratings`'s body (parsed by hand) to the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(
+                ratings.BODY_COMPONENTS
+            )
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
