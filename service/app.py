@@ -9,13 +9,14 @@ from typing import Any
 from fastapi import FastAPI
 
 import service
-from service.api import health, items, ratings
+from service.api import admin, health, items, ratings, recommendations
 from service.api.limits import BodySizeLimit
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
 from service.db.migrations import check_schema
 from service.db.session import create_db_engine, make_sessionmaker
 from service.errors import install_error_handlers
+from service.serving import model_registry
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -32,7 +33,8 @@ def create_app(settings: Settings) -> FastAPI:
                 sessions=make_sessionmaker(engine),
                 write_sessions=make_sessionmaker(engine, write=True),
             )
-            yield {"service": state}
+            async with model_registry(state):  # loads the active model, polls for new ones
+                yield {"service": state}
         finally:
             engine.dispose()
 
@@ -47,6 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ratings.router)
     app.include_router(items.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(recommendations.router)
     _document_ratings_body(app)
     return app
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.registry import ModelRegistry
 
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 """A part of the readiness probe: whether it is ready, and fields for the `/readyz` reply."""
@@ -27,6 +30,8 @@ class ServiceState:
     """Write sessions (SQLite: BEGIN IMMEDIATE, so writers queue instead of failing)."""
     readiness: list[ReadinessCheck] = field(default_factory=list)
     """Extra `/readyz` checks (such as the served model version) added by later components."""
+    registry: ModelRegistry | None = None
+    """The model version this process serves (set by the lifespan; see `service.registry`)."""
 
 
 class LifespanState(TypedDict):
