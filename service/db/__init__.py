@@ -1,0 +1,5 @@
+"""Database layer: tables, sessions, migrations and queries (SQLAlchemy 2, no ML)."""
+
+# Every table module registers on `tables.Base.metadata` here, so that Alembic and the
+# schema comparison see all tables whichever module is imported first.
+from service.db import jobs_tables as jobs_tables
