@@ -1,0 +1,95 @@
+"""`mfserve import`: the real CLI on MovieLens 100K, and each file format."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from service.db.tables import items, ratings, users
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def mfserve(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MFSERVE_DATABASE_URL": database_url, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "service", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+def counts(engine: Engine) -> tuple[int, int, int]:
+    with engine.connect() as connection:
+        return tuple(  # type: ignore[return-value]
+            connection.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (ratings, users, items)
+        )
+
+
+@pytest.mark.slow
+def test_import_ml100k(database_url: str, engine: Engine, ml100k_path: Path) -> None:
+    result = mfserve(database_url, "import", "--dataset", "ml-100k", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "imported 100000 ratings" in result.stdout
+    assert counts(engine) == (100_000, 943, 1_682)
+
+
+def test_movielens_csv(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text(
+        "userId,movieId,rating,timestamp\n1,10,4.0,964982703\n1,20,3.5,964981247\n2,10,5,964982224\n"
+    )
+    result = mfserve(database_url, "import", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "(movielens-csv)" in result.stdout
+    assert counts(engine) == (3, 2, 2)
+
+
+def test_udata(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "u.data"
+    path.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    result = mfserve(database_url, "import", str(path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert counts(engine) == (2, 2, 2)
+
+
+def test_generic_csv_with_options_and_invalid_rows(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "who;what;when;score\n"
+        "Zoë;book 1;2024-05-01T10:00:00Z;4.5\n"
+        "Zoë;book 2;2024-05-01T11:00:00Z;\n"
+        "sam;book 1;not a time;2\n"
+        "sam;book 3;1714557600;9\n"
+    )
+    options = ["--format", "csv", "--delimiter", ";", "--user-column", "who",
+               "--item-column", "what", "--rating-column", "score", "--timestamp-column", "when",
+               "--no-progress", "--batch-size", "2"]  # fmt: skip
+    result = mfserve(database_url, "import", str(path), *options)
+    assert result.returncode == 1
+    assert "line 4, timestamp" in result.stderr
+    assert "line 5, rating" in result.stderr
+    assert counts(engine)[0] == 2  # the first batch (lines 2-3) was stored before the bad one
+
+    result = mfserve(database_url, "import", str(path), *options, "--skip-invalid")
+    assert result.returncode == 0, result.stderr
+    assert "2 invalid skipped" in result.stdout
+    assert counts(engine) == (2, 1, 2)
+
+
+def test_missing_file_and_unmigrated_database(
+    database_url: str, empty_database_url: str, tmp_path: Path
+) -> None:
+    result = mfserve(database_url, "import", str(tmp_path / "nope.csv"))
+    assert result.returncode == 1
+    assert "no such file" in result.stderr
+    path = tmp_path / "u.data"
+    path.write_text("1\t2\t3\t881250949\n")
+    result = mfserve(empty_database_url, "import", str(path))
+    assert result.returncode == 1
+    assert "mfserve migrate" in result.stderr
