@@ -6,21 +6,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 import service
-from service.api import admin, health, items, ratings, recommendations
+from service.api import admin, foldin, health, items, ratings, recommendations, scores, similar
 from service.api.limits import BodySizeLimit
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
 from service.db.migrations import check_schema
 from service.db.session import create_db_engine, make_sessionmaker
 from service.errors import install_error_handlers
-from service.serving import model_registry
+from service.metrics_prom import MetricsMiddleware, ServiceMetrics, metrics_endpoint
+from service.serving import model_registry, serving_runtime
 
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the application; nothing touches the database until the lifespan starts."""
+
+    metrics = ServiceMetrics() if settings.metrics_enabled else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[LifespanState]:
@@ -33,7 +36,10 @@ def create_app(settings: Settings) -> FastAPI:
                 sessions=make_sessionmaker(engine),
                 write_sessions=make_sessionmaker(engine, write=True),
             )
-            async with model_registry(state):  # loads the active model, polls for new ones
+            async with (
+                model_registry(state),  # loads the active model, polls for new ones
+                serving_runtime(state, metrics),  # item catalog and tables of the serving calls
+            ):
                 yield {"service": state}
         finally:
             engine.dispose()
@@ -51,8 +57,25 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(recommendations.router)
+    app.include_router(scores.router)
+    app.include_router(foldin.router)
+    app.include_router(similar.router)
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
+        app.add_route(
+            "/metrics",
+            metrics_endpoint(metrics, _served_version),
+            methods=["GET"],
+            include_in_schema=False,
+        )
     _document_ratings_body(app)
     return app
+
+
+def _served_version(request: Request) -> int | None:
+    """The model version this process serves, for the metrics page."""
+    registry = request.state.service.registry
+    return None if registry is None else registry.version
 
 
 def _document_ratings_body(app: FastAPI) -> None:

@@ -103,6 +103,33 @@ class Settings(BaseSettings):
     training_seed: int = 42
     """Seed of the validation holdout of every retrain."""
 
+    # ----- serving (issue 5) ---------------------------------------------------------------
+    max_recommendations: int = Field(default=1000, ge=1, le=100_000)
+    """Largest `n` of a recommendation or similar-items call; a larger `n` is refused (422)."""
+
+    user_embeddings: Literal["auto", "foldin", "stored"] = "auto"
+    """Which vector scores a user the model was trained on: `auto` uses the stored embedding
+    while the user's ratings are unchanged since the model's snapshot and folds in their current
+    history otherwise; `foldin` always folds in; `stored` always prefers the stored embedding."""
+
+    max_history_items: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Most entries in a request's `history` (anonymous recommendations, scores, fold-in)."""
+
+    max_score_items: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Most `items` in one `POST /scores` call."""
+
+    max_batch_users: int = Field(default=1000, ge=1, le=100_000)
+    """Most `users` in one `POST /recommend/batch` call."""
+
+    item_refresh_interval: float = Field(default=2.0, gt=0)
+    """Seconds between checks for changed item metadata (tags) in the serving catalog."""
+
+    serving_device: str = "cpu"
+    """Device the API process scores on (`cpu`, `cuda`, `cuda:1` or `auto`)."""
+
+    metrics_enabled: bool = True
+    """Expose Prometheus metrics at `/metrics` and time every request."""
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -115,6 +142,13 @@ class Settings(BaseSettings):
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("serving_device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "auto" and not value.startswith(("cpu", "cuda", "mps")):
+            raise ValueError("must be cpu, cuda, cuda:N, mps or auto")
         return value
 
     @field_validator("default_algorithm")

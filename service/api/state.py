@@ -13,6 +13,7 @@ from service.config import Settings
 
 if TYPE_CHECKING:
     from service.registry import ModelRegistry
+    from service.serving import ServingRuntime
 
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 """A part of the readiness probe: whether it is ready, and fields for the `/readyz` reply."""
@@ -32,6 +33,8 @@ class ServiceState:
     """Extra `/readyz` checks (such as the served model version) added by later components."""
     registry: ModelRegistry | None = None
     """The model version this process serves (set by the lifespan; see `service.registry`)."""
+    serving: ServingRuntime | None = None
+    """Item tables, catalog and read engine of the serving calls (see `service.serving`)."""
 
 
 class LifespanState(TypedDict):

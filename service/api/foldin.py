@@ -1,0 +1,51 @@
+"""`POST /foldin`: the user vector of a history, computed and returned, never stored."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.api.serving_deps import RuntimeDep, json_reply
+from service.api.serving_schemas import FoldInIn, FoldInOut
+from service.errors import InvalidInputError
+from service.serving import fold_in_history, read_history
+
+router = APIRouter(tags=["recommendations"])
+
+
+@router.post(
+    "/foldin",
+    summary="Fold a history into the model",
+    response_model=FoldInOut,
+    responses={503: {"description": "no model has been trained yet (`no_model`)"}},
+)
+def foldin(body: FoldInIn, runtime: RuntimeDep) -> Response:
+    """The embedding and bias the served model gives this history (zeros when it knows none of
+    its items); items it does not know are listed in `unknown_items`."""
+    settings = runtime.settings
+    if len(body.history) > settings.max_history_items:
+        raise InvalidInputError(
+            [
+                {
+                    "field": "body.history",
+                    "message": f"at most {settings.max_history_items} entries "
+                    "(MFSERVE_MAX_HISTORY_ITEMS)",
+                }
+            ]
+        )
+    history = read_history(
+        [(e.item, e.rating) for e in body.history],
+        settings.rating_min,
+        settings.rating_max,
+        "body.history",
+    )
+    result = fold_in_history(runtime.current(), history)
+    runtime.count_sources("foldin", ["foldin"])
+    return json_reply(
+        {
+            "embedding": result.embedding,
+            "bias": result.bias,
+            "model_version": result.model_version,
+            "unknown_items": result.unknown_items,
+        }
+    )

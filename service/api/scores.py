@@ -1,0 +1,62 @@
+"""`POST /scores`: a score per requested item for a user or a history."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.api.serving_deps import RuntimeDep, json_reply
+from service.api.serving_schemas import ScoresIn, ScoresOut
+from service.errors import InvalidInputError
+from service.serving import read_history, score_items
+
+router = APIRouter(tags=["recommendations"])
+
+
+@router.post(
+    "/scores",
+    summary="Scores of given items",
+    response_model=ScoresOut,
+    responses={503: {"description": "no model has been trained yet (`no_model`)"}},
+)
+def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
+    """Scores in request order (predicted ratings for explicit models); unknown items get null
+    and are listed in `unknown_items`. A user is scored like `GET /recommend/{user}` would."""
+    settings = runtime.settings
+    problems = []
+    if (body.user is None) == (body.history is None):
+        problems.append({"field": "body.user", "message": "give exactly one of user or history"})
+    if len(body.items) > settings.max_score_items:
+        problems.append(
+            {
+                "field": "body.items",
+                "message": f"at most {settings.max_score_items} items (MFSERVE_MAX_SCORE_ITEMS)",
+            }
+        )
+    if body.history is not None and len(body.history) > settings.max_history_items:
+        problems.append(
+            {
+                "field": "body.history",
+                "message": f"at most {settings.max_history_items} entries "
+                "(MFSERVE_MAX_HISTORY_ITEMS)",
+            }
+        )
+    if problems:
+        raise InvalidInputError(problems)
+    history = None
+    if body.history is not None:
+        history = read_history(
+            [(e.item, e.rating) for e in body.history],
+            settings.rating_min,
+            settings.rating_max,
+            "body.history",
+        )
+    result = score_items(runtime.current(), body.items, user=body.user, history=history)
+    runtime.count_sources("scores", [result.source])
+    return json_reply(
+        {
+            "model_version": result.model_version,
+            "scores": [{"item": item, "score": score} for item, score in result.scores],
+            "unknown_items": result.unknown_items,
+        }
+    )

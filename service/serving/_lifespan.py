@@ -1,0 +1,59 @@
+"""The lifespan part that sets up serving: torch threads, a read engine, the item catalog."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from service.config import Settings
+from service.db.session import create_db_engine, normalize_database_url
+from service.metrics_prom import ServiceMetrics
+from service.serving._runtime import ServingRuntime, configure_torch
+
+if TYPE_CHECKING:
+    from service.api.state import ServiceState
+
+POOL_SIZE = 8
+"""Connections the serving engine keeps open."""
+
+POOL_OVERFLOW = 32
+"""Extra connections it may open under a burst of concurrent requests."""
+
+
+def create_serving_engine(settings: Settings) -> Engine:
+    """A read engine for the request path: no pre-ping, and on PostgreSQL autocommit reads.
+
+    Both save round trips: each serving call then costs exactly its one query (no ping, no
+    BEGIN, no ROLLBACK). A dropped connection fails one request with 503 and is replaced.
+    """
+    options: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+    if make_url(normalize_database_url(settings.database_url)).get_backend_name() != "sqlite":
+        options.update(pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+    return create_db_engine(settings.database_url, **options)
+
+
+@asynccontextmanager
+async def serving_runtime(
+    state: ServiceState, metrics: ServiceMetrics | None = None
+) -> AsyncIterator[ServingRuntime]:
+    """Build the serving runtime, read the item catalog, and refresh it until shutdown."""
+    settings = state.settings
+    configure_torch(settings)
+    engine = create_serving_engine(settings)
+    try:
+        runtime = ServingRuntime(settings, engine, state.registry, metrics)
+        await anyio.to_thread.run_sync(runtime.refresh_items)
+        await anyio.to_thread.run_sync(runtime.warm)
+        state.serving = runtime
+        runtime.start()
+        try:
+            yield runtime
+        finally:
+            await runtime.stop()
+    finally:
+        engine.dispose()

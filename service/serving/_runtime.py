@@ -1,0 +1,207 @@
+"""Per-process serving state: the read engine, the item catalog and each model's item tables.
+
+The catalog (item ids and tags) is read from the database off the request path: at start-up,
+whenever a model is first used, and by a poll loop every
+`MFSERVE_ITEM_REFRESH_INTERVAL` seconds that re-reads it only when the items' fingerprint
+(count, largest id, newest update) changed. Tag filters therefore see metadata at most one
+interval old; exclusions never depend on it being fresh (see `ItemIndex.model_indices`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sqlalchemy import Engine
+
+from service.config import Settings
+from service.db.profiles import ItemRows, UserProfile, items_fingerprint, read_item_rows
+from service.db.profiles import read_profiles as db_read_profiles
+from service.metrics_prom import ServiceMetrics
+from service.ml.base import Recommender
+from service.ml.device import resolve_device
+from service.registry import ModelRegistry, ServedModel
+from service.serving._registry import NoModelError
+from service.serving._tables import ItemIndex, ItemTable
+
+log = logging.getLogger(__name__)
+
+CACHED_MODELS = 4
+"""Item tables kept for this many models (the served one, its fallback, and recent ones)."""
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model's item table joined with the current catalog."""
+
+    model: Recommender[Any]
+    table: ItemTable
+    index: ItemIndex
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    """Everything a request scores with: read once, at the start of the request."""
+
+    served: ServedModel
+    primary: ModelView
+    fallback: ModelView
+    """The popularity model packed with the version, or the primary model itself."""
+    has_fallback: bool
+    settings: Settings
+    runtime: ServingRuntime
+
+    def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
+        """The users' profiles from the database, in one query."""
+        return self.runtime.read_profiles(users)
+
+
+class ServingRuntime:
+    """The serving part of an API process (one per application instance)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        registry: ModelRegistry | None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.registry = registry
+        self.metrics = metrics
+        self.device = resolve_device(settings.serving_device)
+        self._rows: ItemRows | None = None
+        self._tables: OrderedDict[int, tuple[Recommender[Any], ItemTable]] = OrderedDict()
+        self._indexes: OrderedDict[tuple[int, int], ItemIndex] = OrderedDict()
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # ----- database reads --------------------------------------------------------------------
+    def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
+        """Profiles of users in one query on the serving engine (no transaction round trips)."""
+        with self.engine.connect() as connection:
+            return db_read_profiles(connection, users)
+
+    def refresh_items(self, force: bool = False) -> bool:
+        """Re-read the item catalog when it changed (or when forced); True when re-read."""
+        with self.engine.connect() as connection:
+            rows = self._rows
+            if not force and rows is not None and items_fingerprint(connection) == rows.fingerprint:
+                return False
+            self._rows = read_item_rows(connection)
+        return True
+
+    def _catalog(self) -> ItemRows:
+        rows = self._rows
+        if rows is None:
+            self.refresh_items(force=True)
+            rows = self._rows
+        assert rows is not None
+        return rows
+
+    # ----- per-model tables ------------------------------------------------------------------
+    def _table(self, model: Recommender[Any]) -> ItemTable:
+        entry = self._tables.get(id(model))
+        if entry is not None and entry[0] is model:
+            return entry[1]
+        with self._lock:
+            entry = self._tables.get(id(model))
+            if entry is not None and entry[0] is model:
+                return entry[1]
+            table = ItemTable.build(model, self.device)
+            # A new model may know items created after the catalog was read: read it again.
+            self.refresh_items(force=True)
+            self._tables[id(model)] = (model, table)
+            while len(self._tables) > CACHED_MODELS:
+                self._tables.popitem(last=False)
+        return table
+
+    def _index(self, table: ItemTable) -> ItemIndex:
+        rows = self._catalog()
+        key = (id(table), id(rows))
+        index = self._indexes.get(key)
+        if index is not None and index.rows is rows:
+            return index
+        with self._lock:
+            index = ItemIndex.build(rows, table.vocabulary)
+            self._indexes[key] = index
+            while len(self._indexes) > 2 * CACHED_MODELS:
+                self._indexes.popitem(last=False)
+        return index
+
+    def view(self, model: Recommender[Any]) -> ModelView:
+        """The model's item table and catalog index (built on first use)."""
+        table = self._table(model)
+        return ModelView(model=model, table=table, index=self._index(table))
+
+    def context(self, served: ServedModel) -> ServingContext:
+        """The scoring context of one request, for the model version it read."""
+        primary = self.view(served.model)
+        fallback = primary if served.fallback is None else self.view(served.fallback)
+        return ServingContext(
+            served=served,
+            primary=primary,
+            fallback=fallback,
+            has_fallback=served.fallback is not None,
+            settings=self.settings,
+            runtime=self,
+        )
+
+    def current(self) -> ServingContext:
+        """The context of the model served now (read once); 503 before any model is active."""
+        served = None if self.registry is None else self.registry.current
+        if served is None:
+            raise NoModelError(
+                "no model is trained yet: post ratings and call POST /admin/retrain "
+                "(or wait for scheduled retraining)"
+            )
+        return self.context(served)
+
+    def count_sources(self, endpoint: str, sources: Sequence[str]) -> None:
+        """Count how the users of one call were scored (a no-op without metrics)."""
+        if self.metrics is not None:
+            self.metrics.count_sources(endpoint, sources)
+
+    def warm(self) -> None:
+        """Build the tables of the served model now, off the request path."""
+        served = None if self.registry is None else self.registry.current
+        if served is not None:
+            self.context(served)
+
+    # ----- background refresh ----------------------------------------------------------------
+    async def run(self) -> None:
+        """Refresh the catalog and warm new models forever (cancel the task to stop)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh_items)
+                await asyncio.to_thread(self.warm)
+            except Exception:  # the database may be briefly away; try again next time
+                log.warning("serving catalog refresh failed", exc_info=True)
+            await asyncio.sleep(self.settings.item_refresh_interval)
+
+    def start(self) -> None:
+        """Start the refresh loop on the running event loop."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name="serving-catalog-refresh")
+
+    async def stop(self) -> None:
+        """Cancel the refresh loop and wait for it to end."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def configure_torch(settings: Settings) -> None:
+    """Set torch's intra-op threads in the API process, so BLAS does not oversubscribe cores."""
+    torch.set_num_threads(settings.torch_threads)
