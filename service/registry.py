@@ -96,6 +96,7 @@ class ModelRegistry:
         self._refused: dict[tuple[int, str], _Refusal] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
         self.last_error: str | None = None
         """The newest refusal or poll failure, for health reports; None after a clean poll."""
 
@@ -184,28 +185,34 @@ class ModelRegistry:
             return True
 
     async def run(self) -> None:
-        """Poll forever (cancel the task to stop)."""
-        while True:
+        """Poll until `stop` is called."""
+        if self._stopping is None or self._stopping.is_set():
+            self._stopping = asyncio.Event()
+        stopping = self._stopping
+        while not stopping.is_set():
             try:
                 await self.refresh()
             except Exception:  # never let the loop die; the next poll tries again
                 log.exception("model registry poll failed")
-            await asyncio.sleep(self._poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._poll_interval_s)
 
     def start(self) -> asyncio.Task[None]:
         """Start the poll loop as a task of the running event loop."""
         if self._task is None or self._task.done():
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self.run(), name="model-registry-poll")
         return self._task
 
     async def stop(self) -> None:
-        """Cancel the poll loop and wait for it to end."""
+        """End the poll loop, letting a poll in progress finish (its database read or artifact
+        load runs in a thread that cancelling would leave behind)."""
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if self._stopping is not None:
+            self._stopping.set()
+        await task
 
     def set_current(self, served: ServedModel) -> None:
         """Serve a model built elsewhere (tests, or a process that trained it itself)."""
