@@ -30,7 +30,7 @@ migrate: install
 
 ## make run: install, migrate, serve http://127.0.0.1:8000 on embedded SQLite (API + worker)
 run: migrate
-	$(PY) -m service api
+	$(PY) -m service api --with-worker
 
 api: migrate
 	$(PY) -m service api
