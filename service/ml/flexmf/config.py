@@ -42,8 +42,8 @@ class FlexMFConfigBase(BaseModel):
     reg_method: RegMethod | None = "AdamW"
     """"AdamW": decoupled weight decay of `regularization` with dense gradients (AdamW).
     "L2": a penalty `regularization` times the mean squared norm of the parameters each batch
-    touches (so rows are regularized in proportion to their interaction count), with sparse
-    embedding gradients and SparseAdam. None: no regularization."""
+    touches (so rows are regularized in proportion to their interaction count), with
+    row-sparse gradients and a lazy (SparseAdam-style) Adam. None: plain Adam."""
 
     init_scale: float = Field(default=0.1, gt=0)
     """Standard deviation of the normal initialization of embeddings (biases start at 0)."""
@@ -56,12 +56,12 @@ class FlexMFConfigBase(BaseModel):
 
 
 class FlexMFExplicitConfig(FlexMFConfigBase):
-    """Biased matrix factorization for explicit ratings, trained in minibatches."""
+    """Biased matrix factorization for explicit ratings, trained in minibatches.
 
-    embedding_size: int = Field(default=64, ge=1)
-    """Dimension of the user and item embeddings (number of latent factors)."""
+    Defaults were chosen on the validation slice of ML-100K's seeded 90/10 rating split.
+    """
 
-    epochs: int = Field(default=25, ge=1)
+    epochs: int = Field(default=15, ge=1)
     """Number of passes over the training ratings (the maximum with early stopping)."""
 
     batch_size: int = Field(default=1024, ge=1)
@@ -70,15 +70,25 @@ class FlexMFExplicitConfig(FlexMFConfigBase):
     learning_rate: float = Field(default=0.005, gt=0)
     """Initial step size of the Adam-family optimizer."""
 
-    regularization: float = Field(default=0.05, ge=0)
-    """Regularization strength; its meaning depends on `reg_method`."""
+    lr_schedule: LRSchedule = "cosine"
+    """Learning-rate schedule over epochs (see the base config)."""
 
-    bias_regularization: float = Field(default=0.0, ge=0)
+    regularization: float = Field(default=0.07, ge=0)
+    """Per-rating strength: with "L2", each rating in a batch adds this times the squared norms
+    of its user and item embeddings (so rows are shrunk in proportion to their ratings)."""
+
+    reg_method: RegMethod | None = "L2"
+    """"L2" (penalty in the loss, row-sparse Adam) or "AdamW" (decoupled weight decay)."""
+
+    init_scale: float = Field(default=0.01, gt=0)
+    """Standard deviation of the normal initialization of embeddings (biases start at 0)."""
+
+    bias_regularization: float = Field(default=5.0, ge=0)
     """With reg_method "L2": strength of a penalty on each user and item bias that does not grow
     with its number of ratings (damping, as in LensKit's BiasedMF), so rarely rated items and
     users are shrunk towards the mean."""
 
-    uniform_regularization: float = Field(default=0.0, ge=0)
+    uniform_regularization: float = Field(default=2.0, ge=0)
     """With reg_method "L2": strength of a penalty on each embedding that does not grow with its
     number of ratings (on top of the per-rating `regularization`)."""
 
@@ -106,7 +116,23 @@ class FlexMFExplicitConfig(FlexMFConfigBase):
 
 
 class FlexMFImplicitConfig(FlexMFConfigBase):
-    """Matrix factorization for implicit feedback with sampled negatives."""
+    """Matrix factorization for implicit feedback with sampled negatives.
+
+    Defaults were chosen on the validation slice of ML-100K's seeded 20% per-user holdout.
+    """
+
+    epochs: int = Field(default=20, ge=1)
+    """Number of passes over the training interactions."""
+
+    batch_size: int = Field(default=2048, ge=1)
+    """Positive interactions per minibatch."""
+
+    regularization: float = Field(default=0.01, ge=0)
+    """With "L2": the strength times the mean squared norm of the user, positive and negative
+    rows of a batch; with "AdamW": the weight decay."""
+
+    reg_method: RegMethod | None = "L2"
+    """"L2" (penalty in the loss, row-sparse Adam) or "AdamW" (decoupled weight decay)."""
 
     loss: ImplicitLoss = "logistic"
     """"logistic" (pointwise, LensKit's default), "pairwise" (BPR) or "warp" (pairwise weighted
@@ -117,7 +143,7 @@ class FlexMFImplicitConfig(FlexMFConfigBase):
     popularity, or "misranked" (WARP's sampler: draw until an item scores above the positive).
     None: "misranked" for WARP, "uniform" otherwise."""
 
-    negative_count: int = Field(default=1, ge=1)
+    negative_count: int = Field(default=4, ge=1)
     """Negatives drawn per positive interaction."""
 
     positive_weight: float = Field(default=1.0, gt=0)

@@ -34,6 +34,7 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
         self.rating_low: float | None = None
         self.rating_high: float | None = None
         self.fold_in_reg: float = 1.0
+        self.rating_max: float = 5.0
         self.best_epoch: int = 0
         self.losses: list[float] = []
 
@@ -47,6 +48,7 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
     def _setup_range(self, values: torch.Tensor) -> None:
         config = self.config
         mean = float(values.double().mean())
+        self.rating_max = float(values.max())
         if not config.sigmoid_range:
             self.rating_low = self.rating_high = None
             self.global_bias = mean if config.global_offset else 0.0
@@ -81,7 +83,6 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
             config.embedding_size,
             user_bias=True,
             item_bias=True,
-            sparse=config.reg_method == "L2",
             init_scale=config.init_scale,
             generator=init_gen,
         )
@@ -146,8 +147,7 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
         index = torch.as_tensor(k_items, device=factors.device)
         if k_ratings is None:
             # a bare history reads as "liked": the top of the training ratings
-            top = self.rating_high - self.config.range_margin if self.rating_high else 5.0
-            target = torch.full((len(k_items),), top, device=factors.device)
+            target = torch.full((len(k_items),), self.rating_max, device=factors.device)
         else:
             target = torch.as_tensor(k_ratings, device=factors.device)
         x, b = self._solve(index, target, self.fold_in_reg)
@@ -197,6 +197,7 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
             "rating_low": self.rating_low,
             "rating_high": self.rating_high,
             "fold_in_regularization": self.fold_in_reg,
+            "rating_max": self.rating_max,
         }
 
     def restore_extra_metadata(self, extra: dict[str, Any]) -> None:
@@ -206,6 +207,7 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
         self.rating_low = None if low is None else float(low)
         self.rating_high = None if high is None else float(high)
         self.fold_in_reg = float(extra.get("fold_in_regularization", 1.0))
+        self.rating_max = float(extra.get("rating_max", 5.0))
 
 
 class _ExplicitTrainer(FlexMFTrainer):
@@ -235,8 +237,8 @@ class _ExplicitTrainer(FlexMFTrainer):
     def train_batch(self, rows: torch.Tensor) -> torch.Tensor:
         """Mean squared error plus the per-row L2 penalty when configured."""
         users, items = self.users[rows], self.items[rows]
-        u_emb, u_bias = self.model.users(users)
-        i_emb, i_bias = self.model.items(items)
+        u_emb, u_bias = self.model.users(users, self.gather)
+        i_emb, i_bias = self.model.items(items, self.gather)
         raw = (u_emb * i_emb).sum(-1) + self.owner.global_bias
         if u_bias is not None:
             raw = raw + u_bias

@@ -49,7 +49,7 @@ def sigmoid_range_solve(
     regularization: torch.Tensor | float,
     iterations: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares of ratings against low + (high-low)·σ(offset + x·y + b), by Gauss-Newton
+    """Least squares of ratings against low + (high-low)·sigmoid(offset + x·y + b), by Gauss-Newton
     (ridge solves of the linearized model, started from the solve in logit space)."""
     span = high - low
     unit = ((ratings - low) / span).clamp(1e-3, 1 - 1e-3)
@@ -86,7 +86,7 @@ def ridge_delta(
 
 
 MAX_PAIRS = 1 << 22
-"""Largest positives × negatives matrix a pairwise fold-in builds; beyond it negatives are a
+"""Largest positives-by-negatives matrix a pairwise fold-in builds; beyond it negatives are a
 seeded subsample."""
 
 

@@ -53,7 +53,6 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             config.embedding_size,
             user_bias=config.selected_user_bias(),
             item_bias=config.item_bias,
-            sparse=config.reg_method == "L2",
             init_scale=config.init_scale,
             generator=torch.Generator().manual_seed(config.seed),
         )
@@ -179,21 +178,20 @@ class _ImplicitTrainer(FlexMFTrainer):
         config = self.implicit_config
         count = config.negative_count
         users, positives = self.users[rows], self.items[rows]
-        u_emb, u_bias = self.model.users(users)
-        p_emb, p_bias = self.model.items(positives)
-        pos_item_score = (u_emb * p_emb).sum(-1)
-        if p_bias is not None:
-            pos_item_score = pos_item_score + p_bias
+        u_emb, u_bias = self.model.users(users, self.gather)
         weights: torch.Tensor | None = None
         if self.misranked:
-            negatives, weights = self._misranked(users, u_emb, pos_item_score, count)
+            negatives, weights = self._misranked(users, u_emb, positives, count)
         else:
             negatives = self.sampler.sample(users, count)
-        n_emb, n_bias = self.model.items(negatives)
-        neg_score = torch.einsum("bk,bck->bc", u_emb, n_emb)
-        if n_bias is not None:
-            neg_score = neg_score + n_bias
-        pos_score = pos_item_score
+        # one lookup of positives and negatives together: a single gradient scatter per table
+        i_emb, i_bias = self.model.items(
+            torch.cat([positives.unsqueeze(1), negatives], 1), self.gather
+        )
+        scores = torch.einsum("bk,bck->bc", u_emb, i_emb)
+        if i_bias is not None:
+            scores = scores + i_bias
+        pos_score, neg_score = scores[:, 0], scores[:, 1:]
         if u_bias is not None:
             pos_score = pos_score + u_bias
             neg_score = neg_score + u_bias.unsqueeze(1)
@@ -205,17 +203,26 @@ class _ImplicitTrainer(FlexMFTrainer):
             assert weights is not None
             loss = warp_loss(pos_score, neg_score, weights)
         k = u_emb.shape[1]
-        return loss + self.penalty(u_emb, p_emb, n_emb.reshape(-1, k), u_bias, p_bias, n_bias)
+        pos_bias = None if i_bias is None else i_bias[:, 0]
+        neg_bias = None if i_bias is None else i_bias[:, 1:].reshape(-1)
+        penalty = self.penalty(
+            u_emb, i_emb[:, 0], i_emb[:, 1:].reshape(-1, k), u_bias, pos_bias, neg_bias
+        )
+        return loss + penalty
 
     def _misranked(
-        self, users: torch.Tensor, u_emb: torch.Tensor, pos_item_score: torch.Tensor, count: int
+        self, users: torch.Tensor, u_emb: torch.Tensor, positives: torch.Tensor, count: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Misranked negatives (B, count) and WARP rank weights (B, count)."""
+        item_bias = self.model.item_bias
+        with torch.no_grad():
+            pos_item_score = (u_emb * self.model.item_factors[positives]).sum(-1)
+            if item_bias is not None:
+                pos_item_score += item_bias[positives, 0]
         if count > 1:
             users = users.repeat_interleave(count)
             u_emb = u_emb.repeat_interleave(count, dim=0)
             pos_item_score = pos_item_score.repeat_interleave(count)
-        item_bias = self.model.item_bias
         negatives, draws, found = self.sampler.misranked(
             users,
             u_emb.detach(),

@@ -15,7 +15,7 @@ def logistic_loss(
 
 
 def pairwise_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """BPR: mean of -log σ(positive - negative) over all pairs."""
+    """BPR: mean of -log sigmoid(positive - negative) over all pairs."""
     return F.softplus(negative - positive.unsqueeze(1)).mean()
 
 

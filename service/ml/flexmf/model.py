@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+Gather = Callable[[nn.Parameter, torch.Tensor], torch.Tensor]
+"""Differentiable row lookup: the rows of a parameter at an index tensor of any shape."""
+
+
+def dense_gather(param: nn.Parameter, index: torch.Tensor) -> torch.Tensor:
+    """Row lookup whose gradient is a dense tensor of the parameter's shape."""
+    return take_rows(param, index)
+
+
+def take_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of `table` at an index tensor of any shape (index_select: a fast index_add backward)."""
+    rows = table.index_select(0, index.reshape(-1))
+    return rows.view(*index.shape, *table.shape[1:])
 
 
 class FlexMFParameters(nn.Module):
@@ -18,12 +33,10 @@ class FlexMFParameters(nn.Module):
         *,
         user_bias: bool,
         item_bias: bool,
-        sparse: bool = False,
         init_scale: float = 0.1,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.sparse = sparse
         self.user_factors = nn.Parameter(
             torch.randn(n_users, embedding_size, generator=generator) * init_scale
         )
@@ -43,20 +56,20 @@ class FlexMFParameters(nn.Module):
         """Number of item rows."""
         return int(self.item_factors.shape[0])
 
-    def users(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def users(
+        self, users: torch.Tensor, gather: Gather = dense_gather
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings and biases (or None) of user indices, differentiable."""
-        emb = F.embedding(users, self.user_factors, sparse=self.sparse)
-        bias = None
-        if self.user_bias is not None:
-            bias = F.embedding(users, self.user_bias, sparse=self.sparse).squeeze(-1)
+        emb = gather(self.user_factors, users)
+        bias = None if self.user_bias is None else gather(self.user_bias, users).squeeze(-1)
         return emb, bias
 
-    def items(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def items(
+        self, items: torch.Tensor, gather: Gather = dense_gather
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings and biases (or None) of item indices, differentiable."""
-        emb = F.embedding(items, self.item_factors, sparse=self.sparse)
-        bias = None
-        if self.item_bias is not None:
-            bias = F.embedding(items, self.item_bias, sparse=self.sparse).squeeze(-1)
+        emb = gather(self.item_factors, items)
+        bias = None if self.item_bias is None else gather(self.item_bias, items).squeeze(-1)
         return emb, bias
 
     def user_bias_vector(self) -> torch.Tensor:

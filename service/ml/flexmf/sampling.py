@@ -135,7 +135,7 @@ class NegativeSampler:
             hit = scores > (positive_scores[active] - margin).unsqueeze(1)
             any_hit = hit.any(dim=1)
             first = torch.argmax(hit.to(torch.int8), dim=1)
-            top_score, top_idx = scores.max(dim=1)
+            top_idx = scores.argmax(dim=1)
             pick = torch.where(any_hit, first, top_idx)
             pick_score = scores.gather(1, pick.unsqueeze(1)).squeeze(1)
             better = any_hit | (pick_score > best[active])

@@ -12,17 +12,21 @@ import torch
 
 from service.ml.base import ProgressCallback, TrainingProgress
 from service.ml.flexmf.config import FlexMFConfigBase
-from service.ml.flexmf.model import FlexMFParameters
+from service.ml.flexmf.model import FlexMFParameters, Gather, dense_gather
+from service.ml.flexmf.optim import RowSparseAdam
 
 Validator = Callable[[], float]
 """Returns a validation error (lower is better) of the current parameters."""
 
 
-def make_optimizer(model: FlexMFParameters, config: FlexMFConfigBase) -> torch.optim.Optimizer:
-    """AdamW (weight decay) for dense parameters, SparseAdam for sparse ones."""
+Optimizer = torch.optim.Optimizer | RowSparseAdam
+
+
+def make_optimizer(model: FlexMFParameters, config: FlexMFConfigBase) -> Optimizer:
+    """AdamW (dense, weight decay) unless reg_method is "L2": then row-sparse (lazy) Adam."""
     params = list(model.parameters())
-    if model.sparse:
-        return torch.optim.SparseAdam(params, lr=config.learning_rate)
+    if config.reg_method == "L2":
+        return RowSparseAdam(params, lr=config.learning_rate)
     decay = config.regularization if config.reg_method == "AdamW" else 0.0
     fused = params[0].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=decay, fused=fused)
@@ -55,6 +59,9 @@ class FlexMFTrainer(ABC):
         self.generator = generator
         self.device = model.user_factors.device
         self.optimizer = make_optimizer(model, config)
+        self.gather: Gather = (
+            self.optimizer.gather if isinstance(self.optimizer, RowSparseAdam) else dense_gather
+        )
         self.epochs_trained = 0
         self.best_epoch = 0
 
@@ -76,9 +83,12 @@ class FlexMFTrainer(ABC):
         return self.config.regularization * total
 
     def _set_lr(self, epoch: int) -> None:
-        factor = lr_factor(self.config, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate * factor
+        rate = self.config.learning_rate * lr_factor(self.config, epoch)
+        if isinstance(self.optimizer, RowSparseAdam):
+            self.optimizer.lr = rate
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
 
     def run_epoch(self) -> float:
         """One pass over the shuffled training rows; returns the mean batch loss."""
@@ -101,7 +111,8 @@ class FlexMFTrainer(ABC):
         return float(total) / max(batches, 1)
 
     def epoch_finished(self) -> None:
-        """Hook after each epoch (e.g. to collect sampler statistics)."""
+        """Hook after each epoch (e.g. to collect sampler statistics); nothing by default."""
+        return None
 
     def fit(
         self,
