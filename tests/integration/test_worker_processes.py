@@ -23,8 +23,11 @@ import httpx
 import pytest
 
 from service.datasets import RatingTable, load_ml100k
+from service.db import jobs
+from service.db.session import create_db_engine, make_sessionmaker, transaction
 from tests.support.server import run_api_process
 from tests.support.worker import WorkerProcess, run_worker_process
+from tests.worker.conftest import store_ratings
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("service.ml.catalog", reason="the model catalog (issue 3) is not in yet")
@@ -281,3 +284,33 @@ def test_kill_9_mid_training(stack: Stack, ml100k: RatingTable) -> None:
         assert following["version"] == 2
         assert following["worker_id"] != state["worker_id"]
         _wait_served(stack, 2)
+
+
+def test_sigterm_ends_the_running_job_and_the_worker(database_url: str, tmp_path: Path) -> None:
+    engine = create_db_engine(database_url)
+    try:
+        store_ratings(engine)
+        with transaction(make_sessionmaker(engine, write=True)) as session:
+            job_id = jobs.enqueue_job(
+                session, "als-biased", {"epochs": 10_000, "embedding_size": 4}
+            ).job_id
+        env = {"MFSERVE_ARTIFACT_DIR": str(tmp_path), "MFSERVE_WORKER_THREADS": "1"}
+        with run_worker_process(database_url, env=env) as worker:
+            deadline = time.monotonic() + 60
+            while True:
+                with transaction(make_sessionmaker(engine)) as session:
+                    job = jobs.get_job(session, job_id)
+                if job.progress.epoch:
+                    break
+                assert time.monotonic() < deadline, worker.log()
+                time.sleep(0.05)
+            worker.process.terminate()
+            assert worker.process.wait(30) == 0, worker.log()
+        with transaction(make_sessionmaker(engine)) as session:
+            job = jobs.get_job(session, job_id)
+        assert job.status == "failed"
+        assert job.error == "the worker was shut down during training"
+        assert job.progress.epoch is not None
+        assert job.progress.epoch < 10_000
+    finally:
+        engine.dispose()

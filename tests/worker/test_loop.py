@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from sqlalchemy import Engine
 
 from service.config import Settings, load_settings
 from service.db import jobs
 from service.db.session import make_sessionmaker, transaction
 from service.ml.artifacts import file_sha256, read_artifact
-from service.worker.loop import Worker
+from service.worker.loop import Worker, run_worker
 from tests.worker.conftest import store_ratings
 
 FAST = {"epochs": 3, "embedding_size": 4, "device": "cpu"}
@@ -209,3 +210,26 @@ def test_retention_keeps_the_newest_versions_and_the_active_one(
     ]
     files = {p.name for p in Path(settings.artifact_dir).iterdir()}
     assert files == {versions[0].artifact}
+
+
+def test_run_worker_once_runs_one_job(rated_engine: Engine, settings: Settings) -> None:
+    quick = _settings(settings, worker_threads=torch.get_num_threads())
+    first, second = _enqueue(rated_engine), _enqueue(rated_engine)
+    assert run_worker(quick, once=True) == 0
+    assert _job(rated_engine, first).status == "succeeded"
+    assert _job(rated_engine, second).status == "queued"
+
+
+def test_run_worker_refuses_a_bad_default_config(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = _settings(settings, default_config={"epochs": -1})
+    assert run_worker(bad, once=True) == 2
+    assert "MFSERVE_DEFAULT_CONFIG" in caplog.text
+
+
+def test_run_worker_refuses_an_unmigrated_database(
+    empty_database_url: str, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert run_worker(_settings(settings, database_url=empty_database_url), once=True) == 2
+    assert "mfserve migrate" in caplog.text
