@@ -48,6 +48,9 @@ SCHEDULE_CHECK_S = 5.0
 SCHEDULE_MIN_GAP_S = 30.0
 """A new-ratings retrain waits at least this long after the previous job was requested."""
 
+MAX_BACKOFF_S = 60.0
+"""Longest wait after consecutive failed loop steps (database unreachable)."""
+
 ORPHAN_GRACE_S = 3600.0
 """Unreferenced artifact files (and temporary files) older than this are removed."""
 
@@ -148,9 +151,20 @@ class Worker:
     def run(self, once: bool = False) -> None:
         """Work until `stop` is set (or, with `once`, until one job ran or none was queued)."""
         log.info("training worker %s started", self.worker_id)
-        self.prune_artifacts()
+        self._prune_quietly()
+        failures = 0
         while not self.stop.is_set():
-            ran = self.step()
+            try:
+                ran = self.step()
+                failures = 0
+            except Exception:  # e.g. the database restarting: back off and try again
+                failures += 1
+                delay = min(self.settings.worker_poll_interval * 2**failures, MAX_BACKOFF_S)
+                log.exception("worker step failed; retrying in %.1f s", delay)
+                if once:
+                    raise
+                self.stop.wait(delay)
+                continue
             if once:
                 return
             if not ran:
@@ -334,9 +348,15 @@ class Worker:
             version.algorithm,
             outcome.gate.reason,
         )
-        self.prune_artifacts()
+        self._prune_quietly()
 
     # ----- retention --------------------------------------------------------------------------
+    def _prune_quietly(self) -> None:
+        try:
+            self.prune_artifacts()
+        except Exception:  # retention can wait for the next publish or restart
+            log.exception("artifact retention failed")
+
     def prune_artifacts(self) -> list[int]:
         """Delete artifacts of versions beyond the newest K (never the active one), and
         unreferenced or temporary files older than an hour; returns the pruned versions."""
