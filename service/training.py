@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service.config import ALGORITHMS, Settings
@@ -24,7 +23,7 @@ def validate_request(
     Without an algorithm, `MFSERVE_DEFAULT_ALGORITHM` (and, without a config,
     `MFSERVE_DEFAULT_CONFIG`) is used.
     """
-    from service.ml.catalog import create_model
+    from service.ml.catalog import ModelConfigError, create_model
 
     if algorithm is None:
         algorithm = settings.default_algorithm
@@ -42,14 +41,14 @@ def validate_request(
         )
     try:
         create_model(algorithm, config)
-    except ValidationError as exc:
+    except ModelConfigError as exc:
         raise InvalidInputError(
             [
                 {
-                    "field": ".".join(["config", *(str(p) for p in error["loc"])]),
-                    "message": error["msg"],
+                    "field": ".".join(["config", *(str(p) for p in error.get("loc", ()))]),
+                    "message": str(error.get("msg", "")),
                 }
-                for error in exc.errors()
+                for error in exc.errors
             ]
         ) from None
     except (ValueError, TypeError) as exc:

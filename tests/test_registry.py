@@ -12,13 +12,10 @@ import pytest
 
 from service.ml.artifacts import ArtifactInfo, LoadedArtifact, read_artifact, write_artifact
 from service.ml.base import Recommender
+from service.ml.catalog import create_model
 from service.registry import ModelRegistry
 from service.worker.pipeline import build_interactions
 from tests.support.synthetic import low_rank_ratings
-
-create_model = pytest.importorskip(
-    "service.ml.catalog", reason="the model catalog (issue 3) is not in yet"
-).create_model
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,6 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FAST = {"epochs": 3, "embedding_size": 4, "device": "cpu"}
 
-pytest.importorskip("service.ml.catalog", reason="the model catalog (issue 3) is not in yet")
-
 
 @pytest.fixture
 def admin_settings(settings: Settings) -> Settings:

@@ -30,7 +30,6 @@ from tests.support.worker import WorkerProcess, run_worker_process
 from tests.worker.conftest import store_ratings
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("service.ml.catalog", reason="the model catalog (issue 3) is not in yet")
 
 TOKEN = "integration-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

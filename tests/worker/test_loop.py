@@ -21,8 +21,6 @@ from tests.worker.conftest import store_ratings
 
 FAST = {"epochs": 3, "embedding_size": 4, "device": "cpu"}
 
-pytest.importorskip("service.ml.catalog", reason="the model catalog (issue 3) is not in yet")
-
 
 def _settings(settings: Settings, **overrides: Any) -> Settings:
     values = {

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from service.ml.base import TrainingProgress
+from service.ml.catalog import create_model
 from service.worker.pipeline import (
     InsufficientDataError,
     build_interactions,
@@ -22,10 +23,6 @@ from service.worker.pipeline import (
 from tests.support.synthetic import low_rank_ratings
 
 FAST_ALS = {"epochs": 4, "embedding_size": 4, "device": "cpu"}
-
-create_model = pytest.importorskip(
-    "service.ml.catalog", reason="the model catalog (issue 3) is not in yet"
-).create_model
 
 
 def test_explicit_interactions_drop_valueless_rows_and_unused_ids() -> None:
