@@ -167,8 +167,8 @@ class FlexMFImplicitConfig(FlexMFConfigBase):
     fold_in_regularization: float | None = None
     """L2 strength of the fold-in objective; None: calibrated on training users in `fit`."""
 
-    fold_in_steps: int = Field(default=30, ge=1)
-    """Optimizer iterations of the deterministic fold-in."""
+    fold_in_steps: int = Field(default=20, ge=1)
+    """Most Newton iterations of the deterministic fold-in (it stops once converged)."""
 
     def selected_negative_strategy(self) -> NegativeStrategy:
         """The negative strategy in effect (resolving the loss-dependent default)."""

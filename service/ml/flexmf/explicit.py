@@ -18,7 +18,7 @@ from service.ml.flexmf.model import FlexMFParameters
 from service.ml.flexmf.scoring import FlexMFScorer, known_history
 from service.ml.flexmf.training import FlexMFTrainer
 
-CALIBRATION_USERS = 256
+CALIBRATION_USERS = 128
 CALIBRATION_GRID = tuple(10.0**e for e in np.arange(-2.0, 2.01, 0.25))
 
 
@@ -166,8 +166,8 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
         factors = self._tensor("item_factors")
         design = torch.cat([factors, torch.ones_like(factors[:, :1])], dim=1).double()
         gram = design.T @ design / len(factors)
-        grid = torch.tensor(CALIBRATION_GRID, dtype=torch.float64)
-        errors = torch.zeros(len(grid), dtype=torch.float64)
+        grid = torch.tensor(CALIBRATION_GRID, dtype=torch.float64, device=factors.device)
+        errors = torch.zeros(len(grid), dtype=torch.float64, device=factors.device)
         for user in sample:
             u_items, u_values = csr.row(int(user))
             assert u_values is not None
@@ -176,18 +176,16 @@ class FlexMFExplicit(FlexMFScorer[FlexMFExplicitConfig]):
             trained = torch.cat(
                 [self._tensor("user_factors")[user], self._tensor("user_bias")[user].reshape(1)]
             ).double()
-            if self.rating_low is None:
-                offsets = self._tensor("item_bias")[index] + self.global_bias
-                x, b = ridge_solve_grid(factors[index], target - offsets, grid * len(index))
-                solved = torch.cat([x, b.unsqueeze(1)], dim=1).double()
-            else:
-                rows = [
-                    torch.cat([*(v.reshape(-1) for v in self._solve(index, target, float(g)))])
-                    for g in grid
-                ]
-                solved = torch.stack(rows).double()
+            offsets = self._tensor("item_bias")[index] + self.global_bias
+            if self.rating_low is not None and self.rating_high is not None:
+                # calibrate the clamped model in logit space (where its fold-in starts)
+                span = self.rating_high - self.rating_low
+                unit = ((target - self.rating_low) / span).clamp(1e-3, 1 - 1e-3)
+                target = torch.logit(unit)
+            x, b = ridge_solve_grid(factors[index], target - offsets, grid * len(index))
+            solved = torch.cat([x, b.unsqueeze(1)], dim=1).double()
             diff = solved - trained
-            errors += ((diff @ gram) * diff).sum(dim=1).cpu()
+            errors += ((diff @ gram) * diff).sum(dim=1)
         return float(grid[int(torch.argmin(errors))])
 
     def extra_metadata(self) -> dict[str, Any]:

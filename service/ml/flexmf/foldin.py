@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 
 def ridge_solve(
@@ -90,6 +91,60 @@ MAX_PAIRS = 1 << 22
 seeded subsample."""
 
 
+class _ExpectedLoss:
+    """The implicit training loss of one user in expectation over the negative distribution,
+    with its gradient and Hessian in closed form (a convex function of the user vector)."""
+
+    def __init__(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        q: torch.Tensor,
+        *,
+        pairwise: bool,
+        positive_weight: float,
+        negative_count: int,
+        regularization: float,
+    ) -> None:
+        self.pos, self.neg, self.q = pos, neg, q
+        self.pairwise = pairwise
+        self.w_pos = positive_weight
+        self.w_neg = negative_count * (1.0 if pairwise else float(len(pos)))
+        self.reg = regularization
+
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """The regularized loss at z (user vector with bias as the last entry)."""
+        s_pos, s_neg = self.pos @ z, self.neg @ z
+        if self.pairwise:
+            diff = s_neg.unsqueeze(0) - s_pos.unsqueeze(1)
+            loss = self.w_neg * (F.softplus(diff) * self.q).sum()
+        else:
+            loss = self.w_pos * F.softplus(-s_pos).sum()
+            loss = loss + self.w_neg * (self.q * F.softplus(s_neg)).sum()
+        return loss + 0.5 * self.reg * (z * z).sum()
+
+    def derivatives(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient and Hessian at z."""
+        s_pos, s_neg = self.pos @ z, self.neg @ z
+        eye = torch.eye(len(z), dtype=z.dtype, device=z.device)
+        if self.pairwise:
+            prob = torch.sigmoid(s_neg.unsqueeze(0) - s_pos.unsqueeze(1))
+            g = self.w_neg * prob * self.q
+            a = self.w_neg * prob * (1 - prob) * self.q
+            grad = self.neg.T @ g.sum(0) - self.pos.T @ g.sum(1)
+            cross = self.pos.T @ (a @ self.neg)
+            hess = (self.neg.T * a.sum(0)) @ self.neg + (self.pos.T * a.sum(1)) @ self.pos
+            hess = hess - cross - cross.T
+        else:
+            p_pos, p_neg = torch.sigmoid(s_pos), torch.sigmoid(s_neg)
+            grad = self.neg.T @ (self.w_neg * self.q * p_neg)
+            grad = grad - self.pos.T @ (self.w_pos * (1 - p_pos))
+            c_pos = self.w_pos * p_pos * (1 - p_pos)
+            c_neg = self.w_neg * self.q * p_neg * (1 - p_neg)
+            hess = (self.pos.T * c_pos) @ self.pos + (self.neg.T * c_neg) @ self.neg
+        return grad + self.reg * z, hess + self.reg * eye
+
+
 def implicit_fold_in(
     item_factors: torch.Tensor,
     item_bias: torch.Tensor,
@@ -105,50 +160,85 @@ def implicit_fold_in(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimize the model's expected training loss for one user's positives over the user
-    vector (and bias), negatives weighted by the sampling distribution; deterministic (L-BFGS
-    from zero). Returns x (k,) and b."""
+    vector (and bias), negatives weighted by the sampling distribution: damped Newton steps
+    from zero, deterministic. Returns x (k,) and b."""
     k = item_factors.shape[1]
-    factors = item_factors.double()
-    bias = item_bias.double()
-    mask = torch.zeros(len(factors), dtype=torch.bool, device=factors.device)
+    device = item_factors.device
+    mask = torch.zeros(len(item_factors), dtype=torch.bool, device=device)
     mask[positives] = True
     negatives = torch.nonzero(~mask).squeeze(1)
     q = negative_weights.double()[negatives]
-    q = q / q.sum().clamp(min=1e-12)
-    n_pos = len(positives)
-    if loss != "logistic" and n_pos * len(negatives) > MAX_PAIRS:
-        keep = max(1, MAX_PAIRS // n_pos)
-        pick = torch.randperm(len(negatives), generator=generator, device=factors.device)[:keep]
+    pairwise = loss != "logistic"
+    if pairwise and len(positives) * len(negatives) > MAX_PAIRS:
+        keep = max(1, MAX_PAIRS // len(positives))
+        pick = torch.randperm(len(negatives), generator=generator, device=device)[:keep]
         negatives, q = negatives[pick], q[pick]
-        q = q / q.sum()
-    pos_f, pos_b = factors[positives], bias[positives]
-    neg_f, neg_b = factors[negatives], bias[negatives]
-    z = torch.zeros(k + 1, dtype=torch.float64, device=factors.device, requires_grad=True)
+    q = q / q.sum().clamp(min=1e-12)
+    # features [y, 1] and offsets folded in as a fixed extra coordinate: score = f·[x, b, 1]
+    with_bias = fit_bias and not pairwise
 
-    def objective() -> torch.Tensor:
-        x, b = z[:k], z[k] if fit_bias else z[k] * 0.0
-        s_pos = pos_f @ x + pos_b + b
-        s_neg = neg_f @ x + neg_b + b
-        if loss == "logistic":
-            value = positive_weight * torch.nn.functional.softplus(-s_pos).sum()
-            value = value + negative_count * n_pos * (q * torch.nn.functional.softplus(s_neg)).sum()
-        else:
-            diff = s_neg.unsqueeze(0) - s_pos.unsqueeze(1)
-            value = negative_count * (torch.nn.functional.softplus(diff) * q).sum()
-        return value + 0.5 * regularization * (z * z).sum()
+    def features(index: torch.Tensor) -> torch.Tensor:
+        parts = [item_factors[index].double()]
+        if with_bias:
+            parts.append(torch.ones(len(index), 1, dtype=torch.float64, device=device))
+        return torch.cat(parts, dim=1)
 
-    optimizer = torch.optim.LBFGS(
-        [z], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+    pos_f, neg_f = features(positives), features(negatives)
+    pos_off, neg_off = item_bias[positives].double(), item_bias[negatives].double()
+    objective = _OffsetLoss(
+        _ExpectedLoss(
+            pos_f,
+            neg_f,
+            q,
+            pairwise=pairwise,
+            positive_weight=positive_weight,
+            negative_count=negative_count,
+            regularization=regularization,
+        ),
+        pos_off,
+        neg_off,
     )
+    z = torch.zeros(pos_f.shape[1], dtype=torch.float64, device=device)
+    current = objective.value(z)
+    for _ in range(steps):
+        grad, hess = objective.derivatives(z)
+        step = torch.linalg.solve(hess, grad)
+        scale = 1.0
+        for _ in range(20):  # backtracking: the Newton step of a convex loss may overshoot
+            candidate = z - scale * step
+            value = objective.value(candidate)
+            if value <= current:
+                break
+            scale *= 0.5
+        else:
+            break
+        z, improvement, current = candidate, float(current - value), value
+        if improvement < 1e-10 * (1.0 + abs(float(current))):
+            break
+    bias = z[k] if with_bias else torch.zeros((), dtype=torch.float64, device=device)
+    return z[:k].to(item_factors.dtype), bias.to(item_factors.dtype)
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = objective()
-        value.backward()  # type: ignore[no-untyped-call]
-        return value
 
-    with torch.enable_grad():
-        optimizer.step(closure)  # type: ignore[no-untyped-call]
-    result = z.detach()
-    b_out = result[k] if fit_bias else torch.zeros((), dtype=torch.float64, device=result.device)
-    return result[:k].to(item_factors.dtype), b_out.to(item_factors.dtype)
+class _OffsetLoss:
+    """`_ExpectedLoss` with fixed per-item offsets (item biases) added to every score."""
+
+    def __init__(self, inner: _ExpectedLoss, pos_off: torch.Tensor, neg_off: torch.Tensor) -> None:
+        self.inner = inner
+        self.pos_off, self.neg_off = pos_off, neg_off
+        # an extra coordinate of value 1 whose weight is frozen at 1 carries the offsets
+        n = inner.pos.shape[1]
+        inner.pos = torch.cat([inner.pos, pos_off.unsqueeze(1)], dim=1)
+        inner.neg = torch.cat([inner.neg, neg_off.unsqueeze(1)], dim=1)
+        self.n = n
+
+    def _full(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z, torch.ones(1, dtype=z.dtype, device=z.device)])
+
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """Loss at z (regularization excludes the frozen coordinate)."""
+        return self.inner.value(self._full(z)) - 0.5 * self.inner.reg
+
+    def derivatives(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient and Hessian over the free coordinates."""
+        grad, hess = self.inner.derivatives(self._full(z))
+        return grad[: self.n], hess[: self.n, : self.n]

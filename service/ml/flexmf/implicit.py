@@ -19,8 +19,8 @@ from service.ml.flexmf.sampling import NegativeSampler, SamplerStats, rank_weigh
 from service.ml.flexmf.scoring import FlexMFScorer, known_history
 from service.ml.flexmf.training import FlexMFTrainer
 
-CALIBRATION_USERS = 32
-CALIBRATION_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+CALIBRATION_USERS = 24
+CALIBRATION_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 FOLD_IN_SEED_OFFSET = 7919
 
 
