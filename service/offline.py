@@ -3,7 +3,8 @@
 Protocol (the same in `bench/train.py`): explicit models are measured on a seeded random 90/10
 rating split, implicit ones on a seeded 20% per-user holdout. Hyper-parameters (defaults) are
 chosen by fitting on `split.train` and measuring on `split.validation`; the reported model is
-fitted on the whole training part (`split.train_full`) and measured once on `split.test`, with
+fitted on the whole training part (`split.train_full`), or on `split.train` with
+`split.validation` for models that stop early on it, and measured once on `split.test`, with
 top-N lists that exclude each user's training items.
 """
 
@@ -63,6 +64,14 @@ def split_for(data: Interactions, explicit: bool, seed: int) -> Split:
     return user_holdout(data, test_fraction=USER_TEST_FRACTION, seed=seed)
 
 
+def fit_data(model: Recommender[Any], split: Split) -> tuple[Interactions, Interactions | None]:
+    """Training data and validation slice for the final fit: models that stop early on a
+    validation slice get `train` and `validation`; the others the whole training part."""
+    if getattr(model.config, "early_stopping_patience", None) is not None:
+        return split.train, split.validation
+    return split.train_full, None
+
+
 def train_and_evaluate(
     model: Recommender[Any],
     data: Interactions,
@@ -72,7 +81,7 @@ def train_and_evaluate(
 ) -> OfflineResult:
     """Split, fit on the whole training part with a progress bar, and measure on the test part."""
     split = split_for(data, model.explicit, seed)
-    train = split.train_full
+    train, validation = fit_data(model, split)
     epochs = int(getattr(model.config, "epochs", 1))
     bar = tqdm(
         total=epochs,
@@ -91,11 +100,11 @@ def train_and_evaluate(
 
     started = time.perf_counter()
     try:
-        model.fit(train, progress=report)
+        model.fit(train, progress=report, validation=validation)
     finally:
         bar.close()
     fit_seconds = time.perf_counter() - started
-    metrics = evaluate_model(model, train, split.test, k=RANKING_CUTOFF)
+    metrics = evaluate_model(model, split.train_full, split.test, k=RANKING_CUTOFF)
     return OfflineResult(model, split, metrics, fit_seconds, max(done[0], 1))
 
 

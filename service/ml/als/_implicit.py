@@ -17,6 +17,7 @@ from service.ml.als._common import (
 )
 from service.ml.als._rows import (
     RowPlan,
+    SparseRows,
     build_plan,
     cholesky_solve,
     conjugate_gradient,
@@ -45,10 +46,10 @@ class ImplicitALSConfig(ALSConfig):
     epochs: int = Field(default=10, ge=1, le=10_000)
     """Number of ALS sweeps; each solves every item row, then every user row."""
 
-    regularization: float = Field(default=0.1, gt=0.0)
+    regularization: float = Field(default=50.0, gt=0.0)
     """L2 penalty λ on the factors (not scaled by row counts)."""
 
-    weight: float = Field(default=40.0, ge=0.0)
+    weight: float = Field(default=5.0, ge=0.0)
     """Confidence weight: an observed entry has confidence 1 + weight·r (r = 1 without ratings)."""
 
     use_ratings: bool = False
@@ -97,19 +98,25 @@ class ImplicitALS(Recommender[ImplicitALSConfig]):
             item_ids=data.item_ids,
         )
         k = cfg.embedding_size
-        user_plan = build_plan(confidence.user_csr(), k, device, cfg.chunk_elements)
-        item_plan = build_plan(confidence.item_csr(), k, device, cfg.chunk_elements)
+        user_side: RowPlan | SparseRows
+        item_side: RowPlan | SparseRows
+        if cfg.solver == "cg":
+            user_side = SparseRows(confidence.user_csr(), device)
+            item_side = SparseRows(confidence.item_csr(), device)
+        else:
+            user_side = build_plan(confidence.user_csr(), k, device, cfg.chunk_elements)
+            item_side = build_plan(confidence.item_csr(), k, device, cfg.chunk_elements)
         users = initial_factors(data.n_users, k, cfg.init_scale, cfg.seed).to(device)
         items = torch.zeros((data.n_items, k), device=device)
-        users[user_plan.empty_rows] = 0.0
+        users[torch.as_tensor(confidence.user_csr().counts() == 0, device=device)] = 0.0
         solve = _SideSolver(cfg.regularization, cfg.solver, cfg.cg_steps)
 
         def sweep() -> float:
-            solve(item_plan, users, items)
-            loss = solve(user_plan, items, users)
+            solve(item_side, users, items, with_loss=False)
+            loss = solve(user_side, items, users)
             loss += cfg.regularization * float((items * items).sum())
             synchronize(device)
-            return loss / max(user_plan.nnz, 1)
+            return loss / max(len(data), 1)
 
         self.user_ids, self.item_ids, self.device = data.user_ids, data.item_ids, device
         self._user_factors, self._item_factors, self._item_gram = users, items, None
@@ -180,22 +187,57 @@ class _SideSolver:
         self.solver = solver
         self.cg_steps = cg_steps
 
-    def __call__(self, plan: RowPlan, fixed: torch.Tensor, target: torch.Tensor) -> float:
-        """Update `target` in place; returns this side's share of the training loss."""
+    def __call__(
+        self,
+        side: RowPlan | SparseRows,
+        fixed: torch.Tensor,
+        target: torch.Tensor,
+        with_loss: bool = True,
+    ) -> float:
+        """Update `target` in place; returns the training loss but λ‖fixed‖² (0 without loss)."""
         k = fixed.shape[1]
         # YᵀY + λI is shared by every row: the unobserved entries' contribution at confidence 1
         base = fixed.T @ fixed + self.regularization * torch.eye(k, device=fixed.device)
+        if isinstance(side, SparseRows):
+            return self._conjugate_gradient(side, fixed, target, base, with_loss)
+        return self._cholesky(side, fixed, target, base)
+
+    def _conjugate_gradient(
+        self,
+        side: SparseRows,
+        fixed: torch.Tensor,
+        target: torch.Tensor,
+        base: torch.Tensor,
+        with_loss: bool,
+    ) -> float:
+        extra = side.values
+
+        def product(v: torch.Tensor) -> torch.Tensor:
+            return v @ base + side.weighted_sum(extra * side.entry_dots(v, fixed), fixed)
+
+        # b - A x in one sparse product: Σ_j (c_j - (c_j - 1) s_j) y_j - x (YᵀY + λI)
+        start_scores = side.entry_dots(target, fixed)
+        residual = side.weighted_sum(extra + 1.0 - extra * start_scores, fixed) - target @ base
+        solution = conjugate_gradient(product, residual, target, self.cg_steps)
+        target.copy_(solution)
+        if not with_loss:
+            return 0.0
+        scores = side.entry_dots(solution, fixed)
+        loss = ((solution @ base) * solution).sum().double()
+        loss += ((extra + 1.0) * (1.0 - scores) ** 2 - scores * scores).sum().double()
+        return float(loss)
+
+    def _cholesky(
+        self, plan: RowPlan, fixed: torch.Tensor, target: torch.Tensor, base: torch.Tensor
+    ) -> float:
         loss = torch.zeros((), device=fixed.device, dtype=torch.float64)
         for chunk in plan.chunks:
             gathered = gather_factors(fixed, chunk)
             extra = chunk.values * chunk.mask
-            rhs = weighted_sum(gathered, extra + chunk.mask)
-            if self.solver == "cholesky":
-                system = base + weighted_gram(gathered, extra)
-                solution = cholesky_solve(system, rhs)
-            else:
-                start = target[chunk.rows]
-                solution = conjugate_gradient(base, gathered, extra, rhs, start, self.cg_steps)
+            solution = cholesky_solve(
+                base + weighted_gram(gathered, extra),
+                weighted_sum(gathered, extra + chunk.mask),
+            )
             target[chunk.rows] = solution
             # Σ_all s² + λ‖x‖² = xᵀ(YᵀY + λI)x; observed entries add c(1 - s)² - s²
             scores = row_dot(gathered, solution)

@@ -8,6 +8,8 @@ its Gram matrices with one `bmm`, and is solved with batched Cholesky or conjuga
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,34 +144,73 @@ def row_dot(gathered: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(
-    base: torch.Tensor,
-    gathered: torch.Tensor,
-    extra_weights: torch.Tensor,
-    rhs: torch.Tensor,
+    product: Callable[[torch.Tensor], torch.Tensor],
+    residual: torch.Tensor,
     x: torch.Tensor,
     steps: int,
 ) -> torch.Tensor:
-    """A few CG steps from `x` on (base + Σ_j w_j y_j y_jᵀ) x = rhs, batched over rows.
+    """A few CG steps from `x` on the SPD systems A_r x_r = b_r of every row r at once.
 
-    `base` (k, k) is shared by every row (YᵀY + λI in implicit ALS), so a product with the
-    system matrix costs O(L·k) per row instead of forming each row's k-by-k matrix.
+    `residual` is b - A x at the start; `product(v)` returns the rows A_r v_r (B, k) for
+    directions v (B, k). Nothing else of A is needed, so no row's k-by-k matrix is formed.
     """
-
-    def product(v: torch.Tensor) -> torch.Tensor:
-        return v @ base + weighted_sum(gathered, extra_weights * row_dot(gathered, v))
-
-    residual = rhs - product(x)
+    x = x.clone()
+    residual = residual.clone()
     direction = residual.clone()
-    rs_old = (residual * residual).sum(dim=1)
+    rs_old = torch.linalg.vecdot(residual, residual)
     tiny = torch.finfo(x.dtype).tiny
     for _ in range(steps):
         a_direction = product(direction)
-        denominator = (direction * a_direction).sum(dim=1)
+        denominator = torch.linalg.vecdot(direction, a_direction)
         alpha = torch.where(denominator > tiny, rs_old / denominator.clamp(min=tiny), 0.0)
-        x = x + alpha.unsqueeze(1) * direction
-        residual = residual - alpha.unsqueeze(1) * a_direction
-        rs_new = (residual * residual).sum(dim=1)
+        x.addcmul_(alpha.unsqueeze(1), direction)
+        residual.addcmul_(alpha.unsqueeze(1), a_direction, value=-1.0)
+        rs_new = torch.linalg.vecdot(residual, residual)
         beta = torch.where(rs_old > tiny, rs_new / rs_old.clamp(min=tiny), 0.0)
-        direction = residual + beta.unsqueeze(1) * direction
+        direction.mul_(beta.unsqueeze(1)).add_(residual)
         rs_old = rs_new
     return x
+
+
+class SparseRows:
+    """One side's entries as a torch CSR matrix: sparse products without gathering factors.
+
+    `weighted_sum` is one sparse-dense product (Σ_j w_rj y_j per row) and `entry_dots` one
+    sampled product (x_r · y_j at every entry), so a CG step costs O(nnz·k) with no padding.
+    """
+
+    def __init__(self, csr: CSR, device: torch.device) -> None:
+        self.n_rows = csr.n_rows
+        self.nnz = int(csr.indptr[-1])
+        self.crow = torch.as_tensor(csr.indptr, dtype=torch.int64, device=device)
+        self.col = torch.as_tensor(csr.indices, dtype=torch.int64, device=device)
+        values = csr.values if csr.values is not None else np.ones(self.nnz, np.float32)
+        self.values = torch.as_tensor(values, dtype=torch.float32, device=device)
+        self._patterns: dict[int, torch.Tensor] = {}
+
+    def matrix(self, values: torch.Tensor, n_cols: int) -> torch.Tensor:
+        """The CSR matrix of this pattern with the given entry values."""
+        with warnings.catch_warnings():
+            # torch flags sparse CSR as beta once per process; the kernels used here are stable
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                self.crow,
+                self.col,
+                values,
+                (self.n_rows, n_cols),
+                check_invariants=False,
+            )
+
+    def weighted_sum(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Σ_j values_rj · dense_j for every row r: (n_rows, k)."""
+        return self.matrix(values, dense.shape[0]) @ dense
+
+    def entry_dots(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """rows_r · cols_j at every entry (r, j), in CSR order: (nnz,)."""
+        pattern = self._patterns.get(cols.shape[0])
+        if pattern is None:
+            pattern = self.matrix(torch.zeros_like(self.values), cols.shape[0])
+            self._patterns[cols.shape[0]] = pattern
+        sampled = torch.sparse.sampled_addmm(pattern, rows, cols.T, beta=0.0)
+        dots: torch.Tensor = sampled.values()
+        return dots
