@@ -102,14 +102,13 @@ def test_unknown_ids_are_ignored(fitted: Recommender[Any], data: Interactions) -
     assert noisy.bias == pytest.approx(clean.bias)
 
 
-def test_save_then_load_gives_identical_scores(
-    fitted: Recommender[Any], tmp_path: Path
-) -> None:
+def test_save_then_load_gives_identical_scores(fitted: Recommender[Any], tmp_path: Path) -> None:
     fitted.save(tmp_path / "model")
     loaded = load_model(tmp_path / "model")
     assert type(loaded) is type(fitted)
     assert loaded.config == fitted.config
-    assert loaded.user_ids == fitted.user_ids and loaded.item_ids == fitted.item_ids
+    assert loaded.user_ids == fitted.user_ids
+    assert loaded.item_ids == fitted.item_ids
     users = torch.arange(fitted.n_users)
     assert torch.equal(loaded.score_users(users), fitted.score_users(users).cpu())
     assert list((tmp_path / "model").glob("*.pkl")) == []

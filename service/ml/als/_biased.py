@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.ml.als._common import (
     ALSConfig,
@@ -37,6 +37,17 @@ from service.ml.data import IndexArray, Interactions, ValueArray
 from service.ml.device import resolve_device
 
 
+class UserItemPair(BaseModel):
+    """Separate values for the user and the item side."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: float = Field(gt=0.0)
+    """Value for the user side."""
+    item: float = Field(gt=0.0)
+    """Value for the item side."""
+
+
 class BiasedALSConfig(ALSConfig):
     """Hyper-parameters of `als-biased` (defaults chosen on the ML-100K validation slice)."""
 
@@ -46,8 +57,9 @@ class BiasedALSConfig(ALSConfig):
     epochs: int = Field(default=20, ge=1, le=10_000)
     """Number of ALS sweeps; each solves every item row, then every user row."""
 
-    regularization: float = Field(default=0.1, gt=0.0)
-    """L2 penalty on the factors, multiplied by each row's number of ratings (weighted-λ)."""
+    regularization: float | UserItemPair = Field(default=0.1)
+    """L2 penalty on the factors, multiplied by each row's number of ratings (weighted-λ); one
+    value for both sides or {"user": …, "item": …} as in LensKit."""
 
     damping: float = Field(default=5.0, ge=0.0)
     """Bayesian damping of the user and item biases: pseudo-ratings at the global mean."""
@@ -58,6 +70,19 @@ class BiasedALSConfig(ALSConfig):
 
     init_scale: float = Field(default=0.1, gt=0.0)
     """Standard deviation of the random initial user factors."""
+
+    def side_regularization(self, side: str) -> float:
+        """The factor penalty of the "user" or "item" side."""
+        if isinstance(self.regularization, UserItemPair):
+            return self.regularization.user if side == "user" else self.regularization.item
+        return self.regularization
+
+    @field_validator("regularization")
+    @classmethod
+    def _positive(cls, value: float | UserItemPair) -> float | UserItemPair:
+        if isinstance(value, float | int) and value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 class BiasedALS(Recommender[BiasedALSConfig]):
@@ -108,11 +133,12 @@ class BiasedALS(Recommender[BiasedALSConfig]):
         users[user_plan.empty_rows] = 0.0
         user_b = torch.as_tensor(user_bias, dtype=torch.float32, device=device)
         item_b = torch.as_tensor(item_bias, dtype=torch.float32, device=device)
-        penalties = (cfg.regularization, cfg.damping, cfg.bias_updates)
+        user_penalties = (cfg.side_regularization("user"), cfg.damping, cfg.bias_updates)
+        item_penalties = (cfg.side_regularization("item"), cfg.damping, cfg.bias_updates)
 
         def sweep() -> float:
-            _solve_side(item_plan, users, user_b, items, item_b, *penalties)
-            squared = _solve_side(user_plan, items, item_b, users, user_b, *penalties)
+            _solve_side(item_plan, users, user_b, items, item_b, *item_penalties)
+            squared = _solve_side(user_plan, items, item_b, users, user_b, *user_penalties)
             synchronize(device)
             return math.sqrt(squared / max(user_plan.nnz, 1))
 
@@ -157,17 +183,18 @@ class BiasedALS(Recommender[BiasedALSConfig]):
         centered = (values.double() - self._global_bias - item_bias[known].double()).float()
         factors = item_factors[known]
         count = float(known.numel())
+        regularization = self.config.side_regularization("user")
         if self.config.bias_updates:
             augmented = torch.cat([factors, torch.ones_like(factors[:, :1])], dim=1)
             system = augmented.T @ augmented + torch.diag(
-                _penalty(k, count, self.config.regularization, self.config.damping, self.device)
+                _penalty(k, count, regularization, self.config.damping, self.device)
             )
             solution = cholesky_solve(system.unsqueeze(0), (augmented.T @ centered).unsqueeze(0))
             embedding, bias = solution[0, :k], float(solution[0, k])
         else:
             bias = float(centered.double().sum() / (count + self.config.damping))
             system = factors.T @ factors
-            system += torch.eye(k, device=self.device) * (self.config.regularization * count)
+            system += torch.eye(k, device=self.device) * (regularization * count)
             rhs = (factors.T @ (centered - bias)).unsqueeze(0)
             embedding = cholesky_solve(system.unsqueeze(0), rhs)[0]
         return UserVector(embedding=embedding, bias=bias, has_bias=True)

@@ -24,9 +24,6 @@ class ALSConfig(BaseModel):
     epochs: int = Field(default=10, ge=1, le=10_000)
     """Number of ALS sweeps; each solves every item row, then every user row."""
 
-    regularization: float = Field(default=0.1, gt=0.0)
-    """L2 penalty on the factors (λ)."""
-
     device: str = "auto"
     """Training device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …"""
 
