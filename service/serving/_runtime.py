@@ -83,6 +83,7 @@ class ServingRuntime:
         self._indexes: OrderedDict[tuple[int, int], ItemIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     # ----- database reads --------------------------------------------------------------------
     def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
@@ -178,28 +179,30 @@ class ServingRuntime:
 
     # ----- background refresh ----------------------------------------------------------------
     async def run(self) -> None:
-        """Refresh the catalog and warm new models forever (cancel the task to stop)."""
-        while True:
+        """Refresh the catalog and warm new models until `stop` is called."""
+        stopping = self._stopping
+        while not stopping.is_set():
             try:
                 await asyncio.to_thread(self.refresh_items)
                 await asyncio.to_thread(self.warm)
             except Exception:  # the database may be briefly away; try again next time
                 log.warning("serving catalog refresh failed", exc_info=True)
-            await asyncio.sleep(self.settings.item_refresh_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.item_refresh_interval)
 
     def start(self) -> None:
         """Start the refresh loop on the running event loop."""
         if self._task is None or self._task.done():
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self.run(), name="serving-catalog-refresh")
 
     async def stop(self) -> None:
-        """Cancel the refresh loop and wait for it to end."""
+        """Stop the refresh loop, letting a read in progress finish (its connection included)."""
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self._stopping.set()  # not task.cancel(): a cancelled to_thread leaves its thread running
+        await task
 
 
 def configure_torch(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Shared set-up of the serving tests: seeded ratings and tags, a small trained model, serving it."""
+"""Set-up of the serving tests: seeded ratings and tags, a small trained model, serving it."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def seed_rows(seed: int = 3) -> list[dict[str, Any]]:
     for u in range(N_USERS):
         for j in range(N_ITEMS):
             if rng.random() < 0.5 and j != N_ITEMS - 1:  # i29 exists but is never rated
-                value = float(np.clip(np.round((3.0 + user_f[u] @ item_f[j] + bias[j]) * 2) / 2, 1, 5))
+                value = float(
+                    np.clip(np.round((3.0 + user_f[u] @ item_f[j] + bias[j]) * 2) / 2, 1, 5)
+                )
                 stamp = (T0 + timedelta(minutes=u * N_ITEMS + j)).isoformat()
                 rows.append({"user": f"u{u}", "item": f"i{j}", "rating": value, "timestamp": stamp})
     return rows
@@ -109,7 +111,7 @@ class CountPopular(Recommender[PopularConfig]):
 def train_served(
     engine: Engine, version: int = 1, *, fallback: bool = True, with_snapshot: bool = True
 ) -> ServedModel:
-    """Train a small `als-biased` model on the database's ratings, as the registry would serve it."""
+    """Train a small `als-biased` model on the database's ratings, served as the registry would."""
     snapshot = read_ratings_snapshot(engine)
     data = Interactions(
         users=snapshot.users,
@@ -176,7 +178,7 @@ def serving_client(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def db(settings: Settings) -> Iterator[Engine]:
+def serving_db(settings: Settings) -> Iterator[Engine]:
     """An engine on the test's database."""
     engine = create_db_engine(settings.database_url)
     yield engine
@@ -184,8 +186,8 @@ def db(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def served(serving_client: TestClient, db: Engine) -> ServedModel:
+def served(serving_client: TestClient, serving_db: Engine) -> ServedModel:
     """A model trained on the seeded ratings, served by `serving_client`."""
-    model = train_served(db)
+    model = train_served(serving_db)
     serve(serving_client, model)
     return model
