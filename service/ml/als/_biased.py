@@ -49,7 +49,12 @@ class UserItemPair(BaseModel):
 
 
 class BiasedALSConfig(ALSConfig):
-    """Hyper-parameters of `als-biased` (defaults chosen on the ML-100K validation slice)."""
+    """Hyper-parameters of `als-biased`.
+
+    Defaults were chosen on the validation slice of ML-100K's seeded 90/10 rating split (fit on
+    `split.train`, RMSE on `split.validation`): e.g. regularization 0.10 → 0.9047, 0.12 → 0.9042,
+    {user 0.15, item 0.10} → 0.9045; 50 or 100 factors and 40 epochs were no better.
+    """
 
     embedding_size: int = Field(default=40, ge=1, le=4096)
     """Number of latent factors per user and item."""
@@ -57,7 +62,7 @@ class BiasedALSConfig(ALSConfig):
     epochs: int = Field(default=20, ge=1, le=10_000)
     """Number of ALS sweeps; each solves every item row, then every user row."""
 
-    regularization: float | UserItemPair = Field(default=0.1)
+    regularization: float | UserItemPair = Field(default=0.12)
     """L2 penalty on the factors, multiplied by each row's number of ratings (weighted-λ); one
     value for both sides or {"user": …, "item": …} as in LensKit."""
 

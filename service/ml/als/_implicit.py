@@ -38,7 +38,12 @@ from service.ml.device import resolve_device
 
 
 class ImplicitALSConfig(ALSConfig):
-    """Hyper-parameters of `als-implicit` (defaults chosen on the ML-100K validation slice)."""
+    """Hyper-parameters of `als-implicit`.
+
+    Defaults were chosen on the validation slice of ML-100K's seeded 20% per-user holdout (fit on
+    `split.train`, nDCG@10 on `split.validation`): LensKit's weight 40 / regularization 0.1 gave
+    0.122, weight 5 / regularization 50 gave 0.193 (weight 10 / 50: 0.187, 5 / 30: 0.186).
+    """
 
     embedding_size: int = Field(default=50, ge=1, le=4096)
     """Number of latent factors per user and item."""
