@@ -52,14 +52,15 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.include_router(ratings.router)
-    app.include_router(items.router)
+    # Routes are matched in order: the probes and the hot serving calls come first.
     app.include_router(health.router)
-    app.include_router(admin.router)
     app.include_router(recommendations.router)
     app.include_router(scores.router)
     app.include_router(foldin.router)
     app.include_router(similar.router)
+    app.include_router(ratings.router)
+    app.include_router(items.router)
+    app.include_router(admin.router)
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(

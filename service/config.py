@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     max_score_items: int = Field(default=10_000, ge=1, le=1_000_000)
     """Most `items` in one `POST /scores` call."""
 
-    max_batch_users: int = Field(default=1000, ge=1, le=100_000)
+    max_batch_users: int = Field(default=1000, ge=1, le=10_000)
     """Most `users` in one `POST /recommend/batch` call."""
 
     item_refresh_interval: float = Field(default=2.0, gt=0)

@@ -19,7 +19,7 @@ router = APIRouter(tags=["recommendations"])
     response_model=FoldInOut,
     responses={503: {"description": "no model has been trained yet (`no_model`)"}},
 )
-def foldin(body: FoldInIn, runtime: RuntimeDep) -> Response:
+async def foldin(body: FoldInIn, runtime: RuntimeDep) -> Response:
     """The embedding and bias the served model gives this history (zeros when it knows none of
     its items); items it does not know are listed in `unknown_items`."""
     settings = runtime.settings

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import UserPath
-from service.api.serving_deps import RuntimeDep, json_reply
+from service.api.serving_deps import (
+    RuntimeDep,
+    json_reply,
+    query_bool,
+    query_doc,
+    query_ids,
+    query_int,
+    runtime_of,
+)
 from service.api.serving_schemas import (
     AnonymousRecommendIn,
     BatchRecommendationOut,
@@ -16,10 +23,12 @@ from service.api.serving_schemas import (
     RecommendationOut,
 )
 from service.errors import InvalidInputError
+from service.ingest import check_external_id
 from service.serving import (
     Recommendation,
     RecommendOptions,
     check_n,
+    profile_users,
     read_history,
     recommend_for_history,
     recommend_for_user,
@@ -31,7 +40,6 @@ router = APIRouter(tags=["recommendations"])
 NO_MODEL: dict[int | str, dict[str, Any]] = {
     503: {"description": "no model has been trained yet (`no_model`)"}
 }
-ItemsQuery = Annotated[list[str] | None, Query(description="repeatable")]
 
 
 def recommendation_payload(result: Recommendation) -> dict[str, Any]:
@@ -44,30 +52,53 @@ def recommendation_payload(result: Recommendation) -> dict[str, Any]:
     }
 
 
+RECOMMEND_PARAMETERS = [
+    query_doc("user", {"type": "string"}, "external user id", "path"),
+    query_doc(
+        "n",
+        {"type": "integer", "default": 10},
+        "list length, 1 to MFSERVE_MAX_RECOMMENDATIONS (larger: 422)",
+    ),
+    query_doc(
+        "exclude_rated", {"type": "boolean", "default": True}, "leave out the user's rated items"
+    ),
+    query_doc("exclude", {"type": "array", "items": {"type": "string"}}, "items to leave out"),
+    query_doc(
+        "tag", {"type": "array", "items": {"type": "string"}}, "only items carrying every tag"
+    ),
+]
+
+
 @router.get(
     "/recommend/{user}",
     summary="Recommendations for a user",
     response_model=RecommendationOut,
     responses=NO_MODEL,
+    openapi_extra={"parameters": RECOMMEND_PARAMETERS},
 )
-def recommend(
-    user: UserPath,
-    runtime: RuntimeDep,
-    n: Annotated[int, Query(description="list length, 1 to MFSERVE_MAX_RECOMMENDATIONS")] = 10,
-    exclude_rated: Annotated[bool, Query(description="leave out the user's rated items")] = True,
-    exclude: Annotated[
-        list[str] | None, Query(description="items to leave out (repeatable)")
-    ] = None,
-    tag: Annotated[
-        list[str] | None, Query(description="only items carrying every tag given (repeatable)")
-    ] = None,
-) -> Response:
+async def recommend(request: Request) -> Response:
     """Top-n items for a user: from the stored embedding while the user is unchanged since the
     model's snapshot (source "model"), from their current history folded in (source "foldin"),
-    or by popularity when they have no usable history (source "popular")."""
+    or by popularity when they have no usable history (source "popular").
+
+    Parameters are parsed by hand: FastAPI's parameter machinery costs more than the scoring.
+    """
+    runtime = runtime_of(request)
+    user = request.path_params["user"]
+    problem = check_external_id(user)
+    if problem is not None:
+        raise InvalidInputError([{"field": "user", "message": problem}])
+    n = query_int(request, "n", 10)
     check_n(n, runtime.settings.max_recommendations, "query.n")
-    options = RecommendOptions(n, exclude_rated, tuple(exclude or ()), tuple(tag or ()))
-    result = recommend_for_user(runtime.current(), user, options)
+    options = RecommendOptions(
+        n,
+        query_bool(request, "exclude_rated", True),
+        query_ids(request, "exclude"),
+        query_ids(request, "tag"),
+    )
+    context = runtime.current()
+    profiles = await runtime.fetch_profiles(profile_users(context, [user], options))
+    result = recommend_for_user(context, user, options, profiles)
     runtime.count_sources("recommend", [result.source])
     return json_reply(recommendation_payload(result))
 
@@ -78,7 +109,7 @@ def recommend(
     response_model=RecommendationOut,
     responses=NO_MODEL,
 )
-def recommend_anonymous(body: AnonymousRecommendIn, runtime: RuntimeDep) -> Response:
+async def recommend_anonymous(body: AnonymousRecommendIn, runtime: RuntimeDep) -> Response:
     """Top-n items for a history that is not stored; the history's items are left out."""
     settings = runtime.settings
     check_n(body.n, settings.max_recommendations, "body.n")
@@ -110,7 +141,7 @@ def recommend_anonymous(body: AnonymousRecommendIn, runtime: RuntimeDep) -> Resp
     response_model=BatchRecommendationOut,
     responses=NO_MODEL,
 )
-def recommend_batch(body: BatchRecommendIn, runtime: RuntimeDep) -> Response:
+async def recommend_batch(body: BatchRecommendIn, runtime: RuntimeDep) -> Response:
     """One list per user (request order; repeated users repeat), one database query for all."""
     settings = runtime.settings
     check_n(body.n, settings.max_recommendations, "body.n")
@@ -126,7 +157,8 @@ def recommend_batch(body: BatchRecommendIn, runtime: RuntimeDep) -> Response:
         )
     options = RecommendOptions(body.n, body.exclude_rated, tuple(body.exclude), tuple(body.tags))
     context = runtime.current()
-    results = recommend_for_users(context, body.users, options)
+    profiles = await runtime.fetch_profiles(profile_users(context, body.users, options))
+    results = recommend_for_users(context, body.users, options, profiles)
     runtime.count_sources("recommend_batch", [r.source for r in results])
     return json_reply(
         {

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from service.api.serving_deps import RuntimeDep, json_reply
 from service.api.serving_schemas import ScoresIn, ScoresOut
 from service.errors import InvalidInputError
-from service.serving import read_history, score_items
+from service.serving import profile_users, read_history, score_items
 
 router = APIRouter(tags=["recommendations"])
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["recommendations"])
     response_model=ScoresOut,
     responses={503: {"description": "no model has been trained yet (`no_model`)"}},
 )
-def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
+async def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
     """Scores in request order (predicted ratings for explicit models); unknown items get null
     and are listed in `unknown_items`. A user is scored like `GET /recommend/{user}` would."""
     settings = runtime.settings
@@ -51,7 +51,11 @@ def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
             settings.rating_max,
             "body.history",
         )
-    result = score_items(runtime.current(), body.items, user=body.user, history=history)
+    context = runtime.current()
+    profiles = None
+    if body.user is not None:
+        profiles = await runtime.fetch_profiles(profile_users(context, [body.user]))
+    result = score_items(context, body.items, user=body.user, profiles=profiles, history=history)
     runtime.count_sources("scores", [result.source])
     return json_reply(
         {

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import Response
 
 from service.api.state import ServiceState
-from service.errors import ServiceUnavailableError
+from service.errors import InvalidInputError, ServiceUnavailableError
+from service.ingest import check_external_id
 from service.serving import ServingRuntime
 
 
-def get_runtime(request: Request) -> ServingRuntime:
-    """The serving runtime the lifespan built (503 while it is not running)."""
+async def get_runtime(request: Request) -> ServingRuntime:
+    """The serving runtime the lifespan built (503 while it is not running).
+
+    Async on purpose, like every dependency of the serving routes: FastAPI runs plain `def`
+    dependencies in the thread pool, a hop that costs more than a whole recommendation.
+    """
     runtime = cast(ServiceState, request.state.service).serving
     if runtime is None:
         raise ServiceUnavailableError("serving is not running in this process")
@@ -22,6 +27,86 @@ def get_runtime(request: Request) -> ServingRuntime:
 
 
 RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
+
+
+async def serving_user_path(user: Annotated[str, Path(description="external user id")]) -> str:
+    """The user id from the path, checked like ids in a rating (without a thread hop)."""
+    problem = check_external_id(user)
+    if problem is not None:
+        raise InvalidInputError([{"field": "user", "message": problem}])
+    return user
+
+
+async def serving_item_path(item: Annotated[str, Path(description="external item id")]) -> str:
+    """The item id from the path, checked like ids in a rating (without a thread hop)."""
+    problem = check_external_id(item)
+    if problem is not None:
+        raise InvalidInputError([{"field": "item", "message": problem}])
+    return item
+
+
+UserId = Annotated[str, Depends(serving_user_path)]
+ItemId = Annotated[str, Depends(serving_item_path)]
+
+
+def runtime_of(request: Request) -> ServingRuntime:
+    """The serving runtime of a request, read directly (no dependency resolution)."""
+    runtime = cast(ServiceState, request.state.service).serving
+    if runtime is None:
+        raise ServiceUnavailableError("serving is not running in this process")
+    return runtime
+
+
+_TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+
+
+def query_int(request: Request, name: str, default: int) -> int:
+    """An integer query parameter (422 naming it when it is not one)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInputError(
+            [{"field": f"query.{name}", "message": "must be an integer"}]
+        ) from None
+
+
+def query_bool(request: Request, name: str, default: bool) -> bool:
+    """A boolean query parameter: true/false, 1/0, yes/no, on/off (422 naming it otherwise)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidInputError([{"field": f"query.{name}", "message": "must be a boolean"}])
+
+
+def query_ids(request: Request, name: str) -> tuple[str, ...]:
+    """A repeatable query parameter of ids (each checked like ids in a rating)."""
+    values = tuple(request.query_params.getlist(name))
+    for value in values:
+        problem = check_external_id(value)
+        if problem is not None:
+            raise InvalidInputError([{"field": f"query.{name}", "message": problem}])
+    return values
+
+
+def query_doc(
+    name: str, schema: dict[str, Any], description: str, where: str = "query"
+) -> dict[str, Any]:
+    """An OpenAPI parameter object, for parameters parsed by hand."""
+    doc: dict[str, Any] = {"name": name, "in": where, "schema": schema, "description": description}
+    if where == "path":
+        doc["required"] = True
+    elif schema.get("type") == "array":
+        doc["explode"] = True
+    return doc
 
 
 def json_reply(payload: dict[str, Any]) -> Response:

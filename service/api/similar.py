@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from service.api.deps import ItemPath
-from service.api.serving_deps import RuntimeDep, json_reply
+from service.api.serving_deps import ItemId, RuntimeDep, json_reply
 from service.api.serving_schemas import SimilarOut
 from service.serving import check_n, similar_items
 
@@ -25,8 +24,8 @@ router = APIRouter(tags=["recommendations"])
         503: {"description": "no model has been trained yet (`no_model`)"},
     },
 )
-def similar(
-    item: ItemPath,
+async def similar(
+    item: ItemId,
     runtime: RuntimeDep,
     n: Annotated[int, Query(description="list length, 1 to MFSERVE_MAX_RECOMMENDATIONS")] = 10,
 ) -> Response:

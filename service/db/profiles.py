@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Connection, Select, func, select
+from sqlalchemy import Connection, Engine, func, select
 
-from service.db.tables import items, ratings, users
+from service.db.tables import items, ratings
+from service.db.tables import users as users_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,28 +29,73 @@ class UserProfile:
     ratings: npt.NDArray[np.float32]
 
 
-def _profile_query(condition: ColumnElement[bool]) -> Select[str, int, int, float]:
-    return (
-        select(users.c.external_id, users.c.history_version, ratings.c.item_id, ratings.c.rating)
-        .select_from(users)
-        .outerjoin(ratings, ratings.c.user_id == users.c.id)
-        .where(condition)
-    )
+PROFILE_SQL = (
+    "SELECT users.external_id, users.history_version, ratings.item_id, ratings.rating "
+    "FROM users LEFT OUTER JOIN ratings ON ratings.user_id = users.id "
+    "WHERE users.external_id {condition}"
+)
+"""The serving query: the unique index on `users.external_id`, then the (user_id, item_id) key
+of `ratings`; a user without ratings comes back as one row with a null item."""
+
+
+class ProfileReader:
+    """Reads user profiles with one prepared SQL statement on a pooled DBAPI connection.
+
+    The serving path skips SQLAlchemy's statement compilation and result machinery: the SQL is
+    fixed, and it runs in autocommit (PostgreSQL) or as SQLite's implicit read transaction, so a
+    call costs exactly one round trip.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+        marker = "?" if self.sqlite else "%s"
+        self._one = PROFILE_SQL.format(condition=f"= {marker}")
+        self._many = PROFILE_SQL.format(condition="= ANY(%s)")
+
+    def _statement(self, users: list[str]) -> tuple[str, tuple[Any, ...]]:
+        if len(users) == 1:
+            return self._one, (users[0],)
+        if self.sqlite:
+            markers = ", ".join("?" * len(users))
+            return PROFILE_SQL.format(condition=f"IN ({markers})"), tuple(users)
+        return self._many, (users,)
+
+    def read(self, external_ids: Sequence[str]) -> dict[str, UserProfile]:
+        """Profiles of the given users (absent ones are left out), read in one query."""
+        users = list(dict.fromkeys(external_ids))
+        if not users:
+            return {}
+        sql, params = self._statement(users)
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool
+        return _group(rows)
 
 
 def read_profiles(connection: Connection, external_ids: Sequence[str]) -> dict[str, UserProfile]:
-    """Profiles of the given users (absent ones are left out), read in one query.
-
-    The query walks the unique index on `users.external_id` and the (user_id, item_id) key of
-    `ratings`; a user without ratings comes back as one row with a null item.
-    """
-    if not external_ids:
+    """Profiles of the given users through a SQLAlchemy connection (same query, for tools)."""
+    users = list(dict.fromkeys(external_ids))
+    if not users:
         return {}
-    if len(external_ids) == 1:
-        condition = users.c.external_id == external_ids[0]
-    else:
-        condition = users.c.external_id.in_(list(dict.fromkeys(external_ids)))
-    rows = connection.execute(_profile_query(condition)).all()
+    query = (
+        select(users_table.c.external_id, users_table.c.history_version, ratings.c.item_id)
+        .add_columns(ratings.c.rating)
+        .select_from(users_table)
+        .outerjoin(ratings, ratings.c.user_id == users_table.c.id)
+        .where(users_table.c.external_id.in_(users))
+    )
+    return _group([tuple(row) for row in connection.execute(query)])
+
+
+def _group(rows: Sequence[Sequence[Any]]) -> dict[str, UserProfile]:
     grouped: dict[str, tuple[int, list[int], list[float]]] = {}
     for external_id, version, item_id, rating in rows:
         entry = grouped.get(external_id)

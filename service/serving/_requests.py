@@ -16,7 +16,7 @@ indexed query.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,10 +171,8 @@ def _user_vector(context: ServingContext, user: str, profile: UserProfile | None
     rated_db = profile.item_ids if profile is not None else np.zeros(0, dtype=np.int64)
     stored = _stored_index(context, user, profile)
     if stored is not None:
-        model = primary.model
-        embeddings, biases = model.user_parameters(torch.tensor([stored], device=model.device))
-        embedding = embeddings[0].to(primary.table.device)
-        return _Vector("model", embedding, float(biases[0]), rated_db=rated_db)
+        embedding, bias = primary.table.user_vector(stored)
+        return _Vector("model", embedding, bias, rated_db=rated_db)
     if profile is None:
         return _Vector("popular", rated_db=rated_db)
     vector = _history_vector(primary, primary.index.model_indices(rated_db), profile.ratings)
@@ -214,10 +212,10 @@ def _rank(
         chunk = vectors[start : start + block]
         embeddings = [v.embedding for v in chunk if v.embedding is not None]
         if len(embeddings) == len(chunk):
-            biases = torch.tensor([v.bias for v in chunk], device=table.device)
-            scores = table.score(torch.stack(embeddings), biases)
+            stacked = embeddings[0].unsqueeze(0) if len(chunk) == 1 else torch.stack(embeddings)
+            scores = table.score(stacked, [v.bias for v in chunk])
         else:  # fallback rows: a zero vector scores items by their biases alone
-            scores = table.score(None, torch.zeros(len(chunk), device=table.device))
+            scores = table.score(None, [0.0] * len(chunk))
         apply_masks(scores, [_excluded(view, v, options) for v in chunk], allowed)
         results.extend(table.top(scores, options.n))
     return results
@@ -239,12 +237,20 @@ def _rank_all(
     return lists
 
 
+def profile_users(
+    context: ServingContext, users: Sequence[str], options: RecommendOptions | None = None
+) -> list[str]:
+    """The users whose profiles a call needs from the database (read in one query)."""
+    return [u for u in dict.fromkeys(users) if _needs_profile(context, u, options)]
+
+
 def recommend_for_users(
-    context: ServingContext, users: Sequence[str], options: RecommendOptions
+    context: ServingContext,
+    users: Sequence[str],
+    options: RecommendOptions,
+    profiles: Mapping[str, UserProfile],
 ) -> list[Recommendation]:
-    """Top-n lists for many users (in request order), with one database query for all."""
-    wanted = [u for u in dict.fromkeys(users) if _needs_profile(context, u, options)]
-    profiles = context.read_profiles(wanted) if wanted else {}
+    """Top-n lists for many users (in request order) from their profiles (`profile_users`)."""
     with torch.inference_mode():
         vectors = [_user_vector(context, user, profiles.get(user)) for user in users]
     lists = _rank_all(context, vectors, options)
@@ -256,10 +262,13 @@ def recommend_for_users(
 
 
 def recommend_for_user(
-    context: ServingContext, user: str, options: RecommendOptions
+    context: ServingContext,
+    user: str,
+    options: RecommendOptions,
+    profiles: Mapping[str, UserProfile],
 ) -> Recommendation:
     """Top-n items for one user: stored embedding, fold-in of the current history, or popular."""
-    return recommend_for_users(context, [user], options)[0]
+    return recommend_for_users(context, [user], options, profiles)[0]
 
 
 def recommend_for_history(
@@ -281,6 +290,7 @@ def score_items(
     items: Sequence[str],
     *,
     user: str | None = None,
+    profiles: Mapping[str, UserProfile] | None = None,
     history: History | None = None,
 ) -> Scores:
     """Scores of items (request order) for a user or a history; unknown items score None.
@@ -290,9 +300,7 @@ def score_items(
     """
     primary = context.primary
     if user is not None:
-        profile = None
-        if _needs_profile(context, user, None):
-            profile = context.read_profiles([user]).get(user)
+        profile = None if profiles is None else profiles.get(user)
         with torch.inference_mode():
             vector = _user_vector(context, user, profile)
     else:
@@ -352,7 +360,8 @@ def similar_items(context: ServingContext, item: str, n: int) -> Similar:
             f"model version {context.served.version} ({table.name}) has no item factors to compare"
         )
     with torch.inference_mode():
-        sims = (table.normalized @ table.normalized[index]).unsqueeze(0)
+        assert table.normalized_t is not None
+        sims = table.normalized[index].unsqueeze(0) @ table.normalized_t
         sims[0, index] = float("-inf")
         items = table.top(sims, n)[0]
     return Similar(item, context.served.version, items)

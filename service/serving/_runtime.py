@@ -20,10 +20,16 @@ from typing import Any
 
 import torch
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from service.config import Settings
-from service.db.profiles import ItemRows, UserProfile, items_fingerprint, read_item_rows
-from service.db.profiles import read_profiles as db_read_profiles
+from service.db.profiles import (
+    ItemRows,
+    ProfileReader,
+    UserProfile,
+    items_fingerprint,
+    read_item_rows,
+)
 from service.metrics_prom import ServiceMetrics
 from service.ml.base import Recommender
 from service.ml.device import resolve_device
@@ -58,10 +64,6 @@ class ServingContext:
     settings: Settings
     runtime: ServingRuntime
 
-    def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
-        """The users' profiles from the database, in one query."""
-        return self.runtime.read_profiles(users)
-
 
 class ServingRuntime:
     """The serving part of an API process (one per application instance)."""
@@ -78,6 +80,7 @@ class ServingRuntime:
         self.registry = registry
         self.metrics = metrics
         self.device = resolve_device(settings.serving_device)
+        self._profiles = ProfileReader(engine)
         self._rows: ItemRows | None = None
         self._tables: OrderedDict[int, tuple[Recommender[Any], ItemTable]] = OrderedDict()
         self._indexes: OrderedDict[tuple[int, int], ItemIndex] = OrderedDict()
@@ -87,9 +90,18 @@ class ServingRuntime:
 
     # ----- database reads --------------------------------------------------------------------
     def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
-        """Profiles of users in one query on the serving engine (no transaction round trips)."""
-        with self.engine.connect() as connection:
-            return db_read_profiles(connection, users)
+        """Profiles of users in one query (blocking)."""
+        return self._profiles.read(users) if users else {}
+
+    async def fetch_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
+        """Profiles of users in one query, without stalling the event loop on a network round
+        trip: SQLite's local read (tens of microseconds) runs inline, cheaper than a thread hop;
+        PostgreSQL's runs in the thread pool."""
+        if not users:
+            return {}
+        if self._profiles.sqlite:
+            return self._profiles.read(users)
+        return await run_in_threadpool(self._profiles.read, users)
 
     def refresh_items(self, force: bool = False) -> bool:
         """Re-read the item catalog when it changed (or when forced); True when re-read."""

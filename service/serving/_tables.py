@@ -35,12 +35,24 @@ class ItemTable:
     item_ids: list[str]
     factors: torch.Tensor
     """(m, k) item factors."""
+    factors_t: torch.Tensor
+    """(k, m) item factors, contiguous: a row-vector product over it is the fastest layout."""
     offsets: torch.Tensor
     """(m,) item bias plus global bias: the score of a zero user vector before the transform."""
     normalized: torch.Tensor | None
     """(m, k) unit-length factors for cosine similarity (None without factors)."""
+    normalized_t: torch.Tensor | None
+    """(k, m) the same, contiguous."""
     transform: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
+    user_factors: torch.Tensor
+    """(n_users, k) stored user embeddings, gathered once so a request only takes a row view."""
+    user_biases: list[float]
+    """Stored user biases, as Python floats."""
+
+    def user_vector(self, index: int) -> tuple[torch.Tensor, float]:
+        """A trained user's stored embedding (k,) and bias."""
+        return self.user_factors[index], self.user_biases[index]
 
     @classmethod
     def build(cls, model: Recommender[Any], device: torch.device) -> ItemTable:
@@ -56,16 +68,24 @@ class ItemTable:
                 if factors.shape[1] > 0
                 else None
             )
+            user_factors, user_biases = model.user_parameters(
+                torch.arange(model.n_users, device=model.device)
+            )
+            user_factors = user_factors.detach().to(device=device, dtype=torch.float32)
         return cls(
             name=model.name,
             explicit=model.explicit,
             vocabulary=model.item_ids,
             item_ids=model.item_ids.ids,
             factors=factors,
+            factors_t=factors.T.contiguous(),
             offsets=offsets,
             normalized=normalized,
+            normalized_t=None if normalized is None else normalized.T.contiguous(),
             transform=model.transform_scores,
             device=device,
+            user_factors=user_factors.contiguous(),
+            user_biases=[float(b) for b in user_biases.detach().cpu().tolist()],
         )
 
     @property
@@ -78,16 +98,19 @@ class ItemTable:
         """Number of factors."""
         return int(self.factors.shape[1])
 
-    def score(self, embeddings: torch.Tensor | None, biases: torch.Tensor) -> torch.Tensor:
+    def score(self, embeddings: torch.Tensor | None, biases: Sequence[float]) -> torch.Tensor:
         """Scores (B, m) of user vectors (B, k) with biases (B,) over every item.
 
         None for `embeddings` means zero vectors: the item biases alone (the fallback ranking).
         """
         if embeddings is None or self.width == 0:
-            raw = self.offsets.unsqueeze(0).repeat(biases.shape[0], 1)
+            raw = self.offsets.unsqueeze(0).repeat(len(biases), 1)
         else:
-            raw = torch.addmm(self.offsets, embeddings.to(self.factors.dtype), self.factors.T)
-        raw += biases.to(raw.dtype).unsqueeze(1)
+            raw = torch.addmm(self.offsets, embeddings.to(self.factors.dtype), self.factors_t)
+        if len(biases) == 1:
+            raw += biases[0]
+        else:
+            raw += torch.tensor(biases, dtype=raw.dtype, device=raw.device).unsqueeze(1)
         return self.transform(raw)
 
     def score_items(
@@ -104,12 +127,16 @@ class ItemTable:
         if k <= 0:
             return [[] for _ in range(scores.shape[0])]
         values, indices = torch.topk(scores, k, dim=1)
-        counts = (values != NEG_INF).sum(dim=1).tolist()  # masked items sort last
         ids = self.item_ids
-        return [
-            [(ids[index], value) for index, value in zip(row_idx[:c], row_val[:c], strict=True)]
-            for row_idx, row_val, c in zip(indices.tolist(), values.tolist(), counts, strict=True)
-        ]
+        result = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+            count = len(row_values)
+            while count and row_values[count - 1] == NEG_INF:
+                count -= 1  # masked items sort last
+            result.append(
+                [(ids[i], v) for i, v in zip(row_indices[:count], row_values, strict=False)]
+            )
+        return result
 
 
 @dataclass(frozen=True)
@@ -125,7 +152,8 @@ class ItemIndex:
     @classmethod
     def build(cls, rows: ItemRows, vocabulary: Vocabulary) -> ItemIndex:
         """Join the catalog rows with a vocabulary."""
-        size = int(rows.db_ids.max()) + 1 if len(rows.db_ids) else 0
+        # one spare slot past the largest id: ids beyond it (items created since) map there
+        size = int(rows.db_ids.max()) + 2 if len(rows.db_ids) else 1
         by_db_id = np.full(size, -1, dtype=np.int64)
         model_indices = vocabulary.indices(rows.external_ids)
         by_db_id[rows.db_ids] = model_indices
@@ -141,8 +169,7 @@ class ItemIndex:
         """Model indices of database item ids (-1 for items the model or this index lacks)."""
         if len(db_ids) == 0:
             return np.zeros(0, dtype=np.int64)
-        inside = db_ids < len(self.by_db_id)
-        return np.where(inside, self.by_db_id[np.where(inside, db_ids, 0)], -1)
+        return self.by_db_id[np.minimum(db_ids, len(self.by_db_id) - 1)]
 
     def allowed(self, tags: Sequence[str], n_items: int, device: torch.device) -> torch.Tensor:
         """A (m,) mask of the items carrying every tag."""
@@ -162,15 +189,19 @@ def apply_masks(
     allowed: torch.Tensor | None,
 ) -> torch.Tensor:
     """Set excluded items (per row) and items outside `allowed` (all rows) to -inf in place."""
-    rows = [np.full(len(found), row, dtype=np.int64) for row, found in enumerate(excluded)]
-    if rows:
-        row_index = np.concatenate(rows)
-        col_index = np.concatenate(list(excluded))
-        if len(col_index):
-            keep = col_index >= 0
+    if len(excluded) == 1:
+        columns = excluded[0]
+        columns = columns[columns >= 0]
+        if len(columns):
+            scores[0, torch.from_numpy(columns).to(scores.device)] = NEG_INF
+    else:
+        rows = np.repeat(np.arange(len(excluded), dtype=np.int64), [len(e) for e in excluded])
+        columns = np.concatenate(list(excluded)) if excluded else np.zeros(0, dtype=np.int64)
+        keep = columns >= 0
+        if keep.any():
             scores[
-                torch.as_tensor(row_index[keep], device=scores.device),
-                torch.as_tensor(col_index[keep], device=scores.device),
+                torch.from_numpy(rows[keep]).to(scores.device),
+                torch.from_numpy(columns[keep]).to(scores.device),
             ] = NEG_INF
     if allowed is not None:
         scores.masked_fill_(~allowed.unsqueeze(0), NEG_INF)
