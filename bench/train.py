@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 job = {**base, "kind": "timing", "size": size, "system": system}
                 log(f"timing {system} on {size} (load {os.getloadavg()[0]:.2f})")
                 timings[(size, system)] = spawn(job, args.timeout)
+                log(f"  -> {json.dumps(timings[(size, system)])}")
         print(f"\nTraining time, {args.epochs} epochs, {FACTORS} factors (one run each)")
         print(timing_table(timings, sizes), flush=True)
     if args.accuracy or args.peers:
@@ -393,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"accuracy {system} (load {os.getloadavg()[0]:.2f})")
             job = {**base, "kind": "accuracy", "size": "100k", "system": system}
             accuracy[system] = spawn(job, args.timeout)
+            log(f"  -> {json.dumps(accuracy[system])}")
         print("\nML-100K test accuracy, default configs, shared splits and metric code")
         print(accuracy_table(accuracy))
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
