@@ -121,11 +121,14 @@ class FlexMFImplicitConfig(FlexMFConfigBase):
     Defaults were chosen on the validation slice of ML-100K's seeded 20% per-user holdout.
     """
 
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=30, ge=1)
     """Number of passes over the training interactions."""
 
-    batch_size: int = Field(default=2048, ge=1)
+    batch_size: int = Field(default=8192, ge=1)
     """Positive interactions per minibatch."""
+
+    learning_rate: float = Field(default=0.03, gt=0)
+    """Initial step size of the Adam-family optimizer."""
 
     regularization: float = Field(default=0.01, ge=0)
     """With "L2": the strength times the mean squared norm of the user, positive and negative
@@ -143,7 +146,7 @@ class FlexMFImplicitConfig(FlexMFConfigBase):
     popularity, or "misranked" (WARP's sampler: draw until an item scores above the positive).
     None: "misranked" for WARP, "uniform" otherwise."""
 
-    negative_count: int = Field(default=4, ge=1)
+    negative_count: int = Field(default=1, ge=1)
     """Negatives drawn per positive interaction."""
 
     positive_weight: float = Field(default=1.0, gt=0)

@@ -158,10 +158,12 @@ def implicit_fold_in(
     regularization: float,
     steps: int,
     generator: torch.Generator,
+    max_negatives: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimize the model's expected training loss for one user's positives over the user
     vector (and bias), negatives weighted by the sampling distribution: damped Newton steps
-    from zero, deterministic. Returns x (k,) and b."""
+    from zero, deterministic. More than `max_negatives` negatives are a seeded subsample.
+    Returns x (k,) and b."""
     k = item_factors.shape[1]
     device = item_factors.device
     mask = torch.zeros(len(item_factors), dtype=torch.bool, device=device)
@@ -169,8 +171,10 @@ def implicit_fold_in(
     negatives = torch.nonzero(~mask).squeeze(1)
     q = negative_weights.double()[negatives]
     pairwise = loss != "logistic"
-    if pairwise and len(positives) * len(negatives) > MAX_PAIRS:
-        keep = max(1, MAX_PAIRS // len(positives))
+    keep = len(negatives) if max_negatives is None else max_negatives
+    if pairwise:
+        keep = min(keep, max(1, MAX_PAIRS // len(positives)))
+    if keep < len(negatives):
         pick = torch.randperm(len(negatives), generator=generator, device=device)[:keep]
         negatives, q = negatives[pick], q[pick]
     q = q / q.sum().clamp(min=1e-12)

@@ -19,8 +19,10 @@ from service.ml.flexmf.sampling import NegativeSampler, SamplerStats, rank_weigh
 from service.ml.flexmf.scoring import FlexMFScorer, known_history
 from service.ml.flexmf.training import FlexMFTrainer
 
-CALIBRATION_USERS = 24
+CALIBRATION_USERS = 16
 CALIBRATION_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+CALIBRATION_NEGATIVES = 2048
+"""Negatives of a calibration fold-in (a seeded subsample on large catalogs, to keep it cheap)."""
 FOLD_IN_SEED_OFFSET = 7919
 
 
@@ -94,7 +96,9 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
         return weights.to(self.device)
 
     # ----- fold-in ---------------------------------------------------------------------------
-    def _fold(self, items: torch.Tensor, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fold(
+        self, items: torch.Tensor, reg: float, max_negatives: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
         weights = self._negative_weights
         if weights is None:
@@ -111,6 +115,7 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             regularization=reg,
             steps=config.fold_in_steps,
             generator=seeded_generator(config.seed + FOLD_IN_SEED_OFFSET, self.device),
+            max_negatives=max_negatives,
         )
 
     def fold_in(self, items: IndexArray, ratings: ValueArray | None = None) -> UserVector:
@@ -140,7 +145,7 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             u = torch.as_tensor([int(user)], device=self.device)
             trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
             for g, reg in enumerate(CALIBRATION_GRID):
-                x, b = self._fold(index, reg)
+                x, b = self._fold(index, reg, CALIBRATION_NEGATIVES)
                 scores = self.score_user_vector(UserVector(x, float(b), True))
                 overlap[g] += len(trained & set(torch.topk(scores, n).indices.tolist()))
         return float(CALIBRATION_GRID[int(np.argmax(overlap))])
@@ -188,7 +193,7 @@ class _ImplicitTrainer(FlexMFTrainer):
         i_emb, i_bias = self.model.items(
             torch.cat([positives.unsqueeze(1), negatives], 1), self.gather
         )
-        scores = torch.einsum("bk,bck->bc", u_emb, i_emb)
+        scores = (u_emb.unsqueeze(1) * i_emb).sum(-1)
         if i_bias is not None:
             scores = scores + i_bias
         pos_score, neg_score = scores[:, 0], scores[:, 1:]
@@ -214,11 +219,11 @@ class _ImplicitTrainer(FlexMFTrainer):
         self, users: torch.Tensor, u_emb: torch.Tensor, positives: torch.Tensor, count: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Misranked negatives (B, count) and WARP rank weights (B, count)."""
-        item_bias = self.model.item_bias
+        item_bias = self.model.item_bias_or_none()
         with torch.no_grad():
             pos_item_score = (u_emb * self.model.item_factors[positives]).sum(-1)
             if item_bias is not None:
-                pos_item_score += item_bias[positives, 0]
+                pos_item_score += item_bias[positives]
         if count > 1:
             users = users.repeat_interleave(count)
             u_emb = u_emb.repeat_interleave(count, dim=0)
@@ -227,8 +232,8 @@ class _ImplicitTrainer(FlexMFTrainer):
             users,
             u_emb.detach(),
             pos_item_score.detach(),
-            self.model.item_factors.detach(),
-            None if item_bias is None else item_bias.detach().squeeze(-1),
+            self.model.item_factors,
+            item_bias,
             self.implicit_config.margin,
             self.implicit_config.max_draws,
         )

@@ -13,6 +13,8 @@ from service.ml.flexmf.config import NegativeStrategy
 EULER_GAMMA = 0.5772156649015329
 REDRAW_ROUNDS = 4
 """Rounds of redrawing negatives that turned out to be positives (the rest are kept)."""
+MAX_BITMAP_BYTES = 64 << 20
+"""Largest bit set of (user, item) pairs for positive checks; beyond it a sorted key search."""
 MISRANK_CHUNK = 16
 """Candidates the misranked sampler scores per row in one vectorised step."""
 
@@ -66,8 +68,18 @@ class NegativeSampler:
         self.device = items.device
         self.items = items
         self.keys: torch.Tensor | None = None
+        self.bitmap: torch.Tensor | None = None
         if exclude_positives:
-            self.keys = torch.unique(users * n_items + items)  # sorted
+            keys = users * n_items + items
+            n_words = (int(users.max()) + 1) * n_items // 64 + 1 if len(users) else 1
+            if n_words * 8 <= MAX_BITMAP_BYTES:
+                # one bit per (user, item) pair: membership is a gather, shift and mask
+                bits = torch.zeros(n_words, dtype=torch.int64, device=self.device)
+                unique = torch.unique(keys)
+                bits.index_put_((unique >> 6,), torch.bitwise_left_shift(1, unique & 63), True)
+                self.bitmap = bits
+            else:
+                self.keys = torch.unique(keys)  # sorted
         self._totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         self._rows = 0
 
@@ -82,16 +94,19 @@ class NegativeSampler:
 
     def is_positive(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Whether each candidate (B, c) is among its user's (B,) training items."""
+        query = users.unsqueeze(1) * self.n_items + candidates
+        if self.bitmap is not None:
+            words = self.bitmap[query >> 6]
+            return torch.bitwise_right_shift(words, query & 63).bitwise_and_(1).bool()
         if self.keys is None:
             return torch.zeros_like(candidates, dtype=torch.bool)
-        query = users.unsqueeze(1) * self.n_items + candidates
         pos = torch.searchsorted(self.keys, query).clamp(max=len(self.keys) - 1)
         return self.keys[pos] == query
 
     def sample(self, users: torch.Tensor, count: int) -> torch.Tensor:
         """`count` negatives (B, count) per user by the uniform or popular strategy."""
         candidates = self._draw((len(users), count))
-        if self.keys is None:
+        if self.keys is None and self.bitmap is None:
             return candidates
         for _ in range(REDRAW_ROUNDS):
             bad = self.is_positive(users, candidates)
@@ -128,7 +143,7 @@ class NegativeSampler:
             cand = torch.randint(
                 self.n_items, (len(active), width), generator=self.generator, device=self.device
             )
-            scores = torch.einsum("bk,bck->bc", user_vectors[active], item_factors[cand])
+            scores = (user_vectors[active].unsqueeze(1) * item_factors[cand]).sum(-1)
             if item_bias is not None:
                 scores = scores + item_bias[cand]
             scores = scores.masked_fill(self.is_positive(a_users, cand), -torch.inf)

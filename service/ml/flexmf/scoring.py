@@ -35,10 +35,10 @@ class FlexMFScorer(Recommender[ConfigT], ABC):
     def _store(self, params: FlexMFParameters) -> None:
         """Keep the trained parameters as plain tensors."""
         self._tensors = {
-            "user_factors": params.user_factors.detach().clone(),
-            "item_factors": params.item_factors.detach().clone(),
-            "user_bias": params.user_bias_vector().clone(),
-            "item_bias": params.item_bias_vector().clone(),
+            "user_factors": params.user_factors().clone(memory_format=torch.contiguous_format),
+            "item_factors": params.item_factors.clone(memory_format=torch.contiguous_format),
+            "user_bias": params.user_bias_vector().clone(memory_format=torch.contiguous_format),
+            "item_bias": params.item_bias_vector().clone(memory_format=torch.contiguous_format),
         }
 
     def user_parameters(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ class FlexMFTrainer(ABC):
         self.config = config
         self.n_samples = n_samples
         self.generator = generator
-        self.device = model.user_factors.device
+        self.device = model.user_table.device
         self.optimizer = make_optimizer(model, config)
         self.gather: Gather = (
             self.optimizer.gather if isinstance(self.optimizer, RowSparseAdam) else dense_gather
