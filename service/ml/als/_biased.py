@@ -25,6 +25,7 @@ from service.ml.als._rows import (
     gram,
     row_dot,
     weighted_sum,
+    with_zero_row,
 )
 from service.ml.base import (
     ItemParameters,
@@ -262,21 +263,21 @@ def _solve_side(
     here. With `bias_updates` each row solves [factors, bias] against [fixed factors, 1].
     """
     k = fixed.shape[1]
-    width = k + 1 if bias_updates else k
-    eye = torch.eye(width, device=fixed.device, dtype=fixed.dtype)
-    bias_only = torch.zeros(width, device=fixed.device, dtype=fixed.dtype)
-    bias_only[k:] = 1.0
-    squared = torch.zeros((), device=fixed.device, dtype=torch.float64)
+    device = fixed.device
+    squared = torch.zeros((), device=device, dtype=torch.float64)
+    # with bias updates each row solves [factors, bias] against [fixed factors, 1]
+    augmented = torch.cat([fixed, torch.ones_like(fixed[:, :1])], 1) if bias_updates else fixed
+    extended = with_zero_row(augmented)
     for chunk in plan.chunks:
-        gathered = gather_factors(fixed, chunk)
+        gathered = gather_factors(extended, chunk)
         residual = chunk.values - fixed_bias[chunk.cols] * chunk.mask
-        if bias_updates:
-            gathered = torch.cat([gathered, chunk.mask.unsqueeze(-1)], dim=2)
-        else:
+        if not bias_updates:
             residual = residual - target_bias[chunk.rows].unsqueeze(1) * chunk.mask
         system = gram(gathered)
-        scaled = (regularization * chunk.counts).view(-1, 1, 1)
-        system += scaled * (eye - torch.diag(bias_only)) + damping * torch.diag(bias_only)
+        diagonal = system.diagonal(dim1=1, dim2=2)
+        diagonal[:, :k] += (regularization * chunk.counts).unsqueeze(1)
+        if bias_updates:
+            diagonal[:, k] += damping
         solution = cholesky_solve(system, weighted_sum(gathered, residual))
         target[chunk.rows] = solution[:, :k]
         if bias_updates:

@@ -25,6 +25,7 @@ from service.ml.als._rows import (
     row_dot,
     weighted_gram,
     weighted_sum,
+    with_zero_row,
 )
 from service.ml.base import (
     ItemParameters,
@@ -236,8 +237,9 @@ class _SideSolver:
         self, plan: RowPlan, fixed: torch.Tensor, target: torch.Tensor, base: torch.Tensor
     ) -> float:
         loss = torch.zeros((), device=fixed.device, dtype=torch.float64)
+        extended = with_zero_row(fixed)
         for chunk in plan.chunks:
-            gathered = gather_factors(fixed, chunk)
+            gathered = gather_factors(extended, chunk)
             extra = chunk.values * chunk.mask
             solution = cholesky_solve(
                 base + weighted_gram(gathered, extra),

@@ -31,7 +31,7 @@ class RowChunk:
     rows: torch.Tensor
     """Row indices (B,)."""
     cols: torch.Tensor
-    """Column indices (B, L); padding points at column 0 and is masked."""
+    """Column indices (B, L); padding is -1, the zero row that `with_zero_row` appends."""
     values: torch.Tensor
     """Entry values (B, L); 0 on padding."""
     mask: torch.Tensor
@@ -97,7 +97,7 @@ def _make_chunk(csr: CSR, values: np.ndarray, rows: np.ndarray, device: torch.de
     offsets = np.arange(width)
     real = offsets[None, :] < lengths[:, None]
     positions = np.where(real, starts[:, None] + offsets[None, :], 0)
-    cols = np.where(real, csr.indices[positions], 0)
+    cols = np.where(real, csr.indices[positions], -1)
     vals = np.where(real, values[positions], 0.0).astype(np.float32)
     return RowChunk(
         rows=torch.as_tensor(rows, dtype=torch.int64, device=device),
@@ -108,9 +108,14 @@ def _make_chunk(csr: CSR, values: np.ndarray, rows: np.ndarray, device: torch.de
     )
 
 
-def gather_factors(factors: torch.Tensor, chunk: RowChunk) -> torch.Tensor:
-    """The fixed side's factors of a chunk's entries (B, L, k), zero on padding."""
-    return factors[chunk.cols] * chunk.mask.unsqueeze(-1)
+def with_zero_row(factors: torch.Tensor) -> torch.Tensor:
+    """Factors with a zero row appended, so that padding (column -1) gathers zeros."""
+    return torch.cat([factors, factors.new_zeros((1, factors.shape[1]))])
+
+
+def gather_factors(extended: torch.Tensor, chunk: RowChunk) -> torch.Tensor:
+    """The fixed side's factors of a chunk's entries (B, L, k) from `with_zero_row` factors."""
+    return extended[chunk.cols]
 
 
 def cholesky_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -140,7 +145,8 @@ def weighted_sum(gathered: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def row_dot(gathered: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """y_j · x_b for every entry: (B, L, k) and (B, k) → (B, L)."""
-    return torch.bmm(gathered, x.unsqueeze(-1)).squeeze(-1)
+    # (B, 1, k) @ (B, k, L) runs much faster on CPU than (B, L, k) @ (B, k, 1)
+    return torch.bmm(x.unsqueeze(1), gathered.transpose(1, 2)).squeeze(1)
 
 
 def conjugate_gradient(
