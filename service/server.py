@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -36,6 +38,10 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_api(
     settings: Settings,
     *,
@@ -53,6 +59,11 @@ def run_api(
     finally:
         engine.dispose()
     worker = start_worker() if with_worker else None
+    if worker is not None:
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown with the handlers it found
+        # at start; with the default SIGTERM action that would end this process before `finally`
+        # stops the worker, leaving it orphaned. A Python handler turns it into SystemExit.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         config = uvicorn.Config(
             create_app(settings),

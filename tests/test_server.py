@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.server import ApiProcess
+from tests.support.server import ApiProcess, run_api_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +33,31 @@ def test_api_refuses_an_unmigrated_database(empty_database_url: str) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "run `mfserve migrate`" in result.stderr
+
+
+def test_sigterm_to_the_api_stops_its_worker_child(database_url: str, tmp_path: Path) -> None:
+    env = {"MFSERVE_ARTIFACT_DIR": str(tmp_path / "artifacts")}
+    with run_api_process(database_url, env=env, with_worker=True) as server:
+        deadline = time.monotonic() + 30
+        children: list[int] = []
+        while not children:
+            assert time.monotonic() < deadline, server.log()
+            children = _children(server.process.pid)
+            time.sleep(0.1)
+        server.process.terminate()
+        server.process.wait(60)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() < deadline, f"worker {children} outlived its API"
+            time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    # a zombie (state Z) has exited and waits to be reaped by its (re)parent
+    return stat.exists() and stat.read_text().split()[2] != "Z"
