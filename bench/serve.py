@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -200,13 +201,14 @@ def publish_model(
 
 
 @contextmanager
-def database(backend: str, root: Path) -> Iterator[str]:
-    """A fresh, migrated database URL of one backend."""
+def database(backend: str, root: Path, keep: bool = False) -> Iterator[str]:
+    """A fresh, migrated database URL of one backend (`keep`: SQLite's existing one)."""
     from service.db.migrations import upgrade_to_head
 
     if backend == "sqlite":
         url = f"sqlite:///{root / 'bench.db'}"
-        upgrade_to_head(url)
+        if not keep:
+            upgrade_to_head(url)
         yield url
         return
     from tests.support.postgres import PostgresServer
@@ -417,36 +419,50 @@ def label(scenario: str) -> str:
 
 def bench_backend(backend: str, args: argparse.Namespace) -> None:
     """Build, publish, serve and measure one backend."""
+    if backend == "sqlite" and args.reuse_dir is not None:
+        args.reuse_dir.mkdir(parents=True, exist_ok=True)
+        root: Any = contextlib.nullcontext(str(args.reuse_dir))
+    else:
+        root = tempfile.TemporaryDirectory(prefix="mfserve-bench-")
+    with root as tmp:
+        reused = (Path(tmp) / "bench.db").exists() and (Path(tmp) / "version").exists()
+        with database(backend, Path(tmp), keep=reused) as url:
+            bench_database(backend, url, Path(tmp), reused, args)
+
+
+def bench_database(
+    backend: str, url: str, tmp: Path, reused: bool, args: argparse.Namespace
+) -> None:
+    """Fill (unless reused), publish, serve and measure one database."""
     from tests.support.server import run_api_process
 
-    with (
-        tempfile.TemporaryDirectory(prefix="mfserve-bench-") as tmp,
-        database(backend, Path(tmp)) as url,
-    ):
+    artifact_dir = tmp / "artifacts"
+    if reused:
+        total, loaded, written = -1, 0.0, 0.0
+        version = int((tmp / "version").read_text())
+    else:
         started = time.monotonic()
         total = populate(url, args.users, args.items, args.ratings_per_user, args.seed)
         loaded = time.monotonic() - started
-        artifact_dir = Path(tmp) / "artifacts"
         started = time.monotonic()
         version = publish_model(url, artifact_dir, args.users, args.items, args.factors, args.seed)
         written = time.monotonic() - started
-        print(
-            f"\n== {backend}: {args.users:,} users, {args.items:,} items, {total:,} ratings "
-            f"(loaded in {loaded:.0f} s), {args.factors} factors (artifact in {written:.0f} s)"
-        )
-        env = {
-            "MFSERVE_ARTIFACT_DIR": str(artifact_dir),
-            "MFSERVE_LOG_LEVEL": "warning",
-            "MFSERVE_TORCH_THREADS": str(args.torch_threads),
-        }
-        with run_api_process(url, env=env, startup_timeout=300) as server:
-            took = wait_for_model(server.base_url, version)
-            print(f"   server up; model version {version} loaded {took:.1f} s after start")
-            for clients in args.clients:
-                figures = {
-                    s: run_scenario(server.base_url, s, clients, args) for s in args.scenarios
-                }
-                report(backend, clients, figures)
+        (tmp / "version").write_text(str(version))
+    print(
+        f"\n== {backend}: {args.users:,} users, {args.items:,} items, {total:,} ratings "
+        f"(loaded in {loaded:.0f} s), {args.factors} factors (artifact in {written:.0f} s)"
+    )
+    env = {
+        "MFSERVE_ARTIFACT_DIR": str(artifact_dir),
+        "MFSERVE_LOG_LEVEL": "warning",
+        "MFSERVE_TORCH_THREADS": str(args.torch_threads),
+    }
+    with run_api_process(url, env=env, startup_timeout=300) as server:
+        took = wait_for_model(server.base_url, version)
+        print(f"   server up; model version {version} loaded {took:.1f} s after start")
+        for clients in args.clients:
+            figures = {s: run_scenario(server.base_url, s, clients, args) for s in args.scenarios}
+            report(backend, clients, figures)
 
 
 def main() -> None:
@@ -466,6 +482,11 @@ def main() -> None:
     )
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--reuse-dir",
+        type=Path,
+        help="SQLite only: keep the database and model in this folder and reuse them next time",
+    )
     args = parser.parse_args()
     if args.drive:
         drive_main(args.drive)

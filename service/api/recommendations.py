@@ -29,10 +29,9 @@ from service.serving import (
     RecommendOptions,
     check_n,
     profile_users,
+    rank_history,
+    rank_users,
     read_history,
-    recommend_for_history,
-    recommend_for_user,
-    recommend_for_users,
 )
 
 router = APIRouter(tags=["recommendations"])
@@ -98,7 +97,7 @@ async def recommend(request: Request) -> Response:
     )
     context = runtime.current()
     profiles = await runtime.fetch_profiles(profile_users(context, [user], options))
-    result = recommend_for_user(context, user, options, profiles)
+    result = (await rank_users(context, [user], options, profiles))[0]
     runtime.count_sources("recommend", [result.source])
     return json_reply(recommendation_payload(result))
 
@@ -130,7 +129,7 @@ async def recommend_anonymous(body: AnonymousRecommendIn, runtime: RuntimeDep) -
         "body.history",
     )
     options = RecommendOptions(body.n, body.exclude_rated, tuple(body.exclude), tuple(body.tags))
-    result = recommend_for_history(runtime.current(), history, options)
+    result = await rank_history(runtime.current(), history, options)
     runtime.count_sources("recommend_anonymous", [result.source])
     return json_reply(recommendation_payload(result))
 
@@ -158,7 +157,7 @@ async def recommend_batch(body: BatchRecommendIn, runtime: RuntimeDep) -> Respon
     options = RecommendOptions(body.n, body.exclude_rated, tuple(body.exclude), tuple(body.tags))
     context = runtime.current()
     profiles = await runtime.fetch_profiles(profile_users(context, body.users, options))
-    results = recommend_for_users(context, body.users, options, profiles)
+    results = await rank_users(context, body.users, options, profiles)
     runtime.count_sources("recommend_batch", [r.source for r in results])
     return json_reply(
         {

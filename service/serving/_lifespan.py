@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from service.config import Settings
 from service.db.session import create_db_engine, normalize_database_url
 from service.metrics_prom import ServiceMetrics
+from service.serving._batcher import Batcher
+from service.serving._requests import ScoreBuffers, batch_function
 from service.serving._runtime import ServingRuntime, configure_torch
 
 if TYPE_CHECKING:
@@ -49,11 +51,13 @@ async def serving_runtime(
         runtime = ServingRuntime(settings, engine, state.registry, metrics)
         await anyio.to_thread.run_sync(runtime.refresh_items)
         await anyio.to_thread.run_sync(runtime.warm)
+        runtime.batcher = Batcher(batch_function(ScoreBuffers()))
         state.serving = runtime
         runtime.start()
         try:
             yield runtime
         finally:
             await runtime.stop()
+            await anyio.to_thread.run_sync(runtime.batcher.close)
     finally:
         engine.dispose()

@@ -16,7 +16,7 @@ indexed query.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
 from service.serving._runtime import ModelView, ServingContext
-from service.serving._tables import apply_masks
+from service.serving._tables import NEG_INF, ItemTable, apply_masks
 
 ROWS_PER_BLOCK_ELEMENTS = 4_000_000
 """A batch is scored in blocks of at most this many (user, item) scores, to bound memory."""
@@ -198,26 +198,84 @@ def _excluded(view: ModelView, vector: _Vector, options: RecommendOptions) -> In
     return np.concatenate(parts)
 
 
-def _rank(
-    view: ModelView, vectors: list[_Vector], options: RecommendOptions
+@dataclass(frozen=True)
+class _Row:
+    """One list to rank: the vector, the model view that scores it, and its options."""
+
+    view: ModelView
+    vector: _Vector
+    options: RecommendOptions
+
+
+def _rows(
+    context: ServingContext, vectors: Sequence[_Vector], options: RecommendOptions
+) -> list[_Row]:
+    """Model and fold-in vectors rank with the primary model, fallback ones with the fallback."""
+    return [
+        _Row(context.primary if v.embedding is not None else context.fallback, v, options)
+        for v in vectors
+    ]
+
+
+class ScoreBuffers:
+    """Reusable (rows, items) score buffers per item table, for the one scoring thread."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, tuple[ItemTable, torch.Tensor]] = {}
+
+    def get(self, table: ItemTable, rows: int) -> torch.Tensor | None:
+        """A (rows, m) float32 buffer of the table's device (None on accelerators)."""
+        if table.device.type != "cpu":
+            return None
+        entry = self._buffers.get(id(table))
+        if entry is None or entry[0] is not table or entry[1].shape[0] < rows:
+            size = 1 << max(0, rows - 1).bit_length()
+            entry = (table, torch.empty((size, table.n_items), dtype=torch.float32))
+            if len(self._buffers) >= CACHED_BUFFERS:
+                self._buffers.clear()
+            self._buffers[id(table)] = entry
+        return entry[1][:rows]
+
+
+CACHED_BUFFERS = 4
+"""Item tables whose score buffers are kept."""
+
+
+def _rank_rows(
+    rows: Sequence[_Row], buffers: ScoreBuffers | None = None
 ) -> list[list[tuple[str, float]]]:
-    """Top-n lists of vectors scored by one model: one matmul and one topk per block."""
-    table = view.table
-    allowed = (
-        view.index.allowed(options.tags, table.n_items, table.device) if options.tags else None
-    )
-    block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
-    results: list[list[tuple[str, float]]] = []
-    for start in range(0, len(vectors), block):
-        chunk = vectors[start : start + block]
-        embeddings = [v.embedding for v in chunk if v.embedding is not None]
-        if len(embeddings) == len(chunk):
-            stacked = embeddings[0].unsqueeze(0) if len(chunk) == 1 else torch.stack(embeddings)
-            scores = table.score(stacked, [v.bias for v in chunk])
-        else:  # fallback rows: a zero vector scores items by their biases alone
-            scores = table.score(None, [0.0] * len(chunk))
-        apply_masks(scores, [_excluded(view, v, options) for v in chunk], allowed)
-        results.extend(table.top(scores, options.n))
+    """Top-n lists of many rows: one matmul and one topk per item table (and block)."""
+    results: list[list[tuple[str, float]]] = [[] for _ in rows]
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault((id(row.view.table), row.vector.embedding is None), []).append(i)
+    with torch.inference_mode():
+        for (_table, popular), members in groups.items():
+            table = rows[members[0]].view.table
+            block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
+            for start in range(0, len(members), block):
+                chunk = [rows[i] for i in members[start : start + block]]
+                out = None if buffers is None else buffers.get(table, len(chunk))
+                if popular:  # a zero vector scores items by their biases alone
+                    scores = table.score(None, [0.0] * len(chunk), out)
+                else:
+                    embeddings = [r.vector.embedding for r in chunk]
+                    stacked = (
+                        embeddings[0].unsqueeze(0)  # type: ignore[union-attr]
+                        if len(chunk) == 1
+                        else torch.stack(embeddings)  # type: ignore[arg-type]
+                    )
+                    scores = table.score(stacked, [r.vector.bias for r in chunk], out)
+                apply_masks(scores, [_excluded(r.view, r.vector, r.options) for r in chunk], None)
+                for j, r in enumerate(chunk):
+                    if r.options.tags:
+                        allowed = r.view.index.allowed(r.options.tags, table.n_items, table.device)
+                        scores[j].masked_fill_(~allowed, NEG_INF)
+                longest = max(r.options.n for r in chunk)
+                for i, items in zip(
+                    members[start : start + block], table.top(scores, longest), strict=True
+                ):
+                    results[i] = items[: rows[i].options.n]
     return results
 
 
@@ -225,16 +283,68 @@ def _rank_all(
     context: ServingContext, vectors: list[_Vector], options: RecommendOptions
 ) -> list[list[tuple[str, float]]]:
     """Rank every vector: model and fold-in vectors together, fallback ones together."""
-    lists: list[list[tuple[str, float]]] = [[] for _ in vectors]
-    model_rows = [i for i, v in enumerate(vectors) if v.embedding is not None]
-    popular_rows = [i for i, v in enumerate(vectors) if v.embedding is None]
+    return _rank_rows(_rows(context, vectors, options))
+
+
+Ranked = tuple[list[_Vector], list[list[tuple[str, float]]]]
+"""A job's answer: its vectors (sources) and their top-n lists."""
+
+
+@dataclass(frozen=True)
+class RankJob:
+    """A request's ranking work for the batcher: its vectors (made in the scoring thread)."""
+
+    context: ServingContext
+    vectors: Callable[[], list[_Vector]]
+    options: RecommendOptions
+
+
+def rank_batch(
+    jobs: Sequence[RankJob], buffers: ScoreBuffers | None = None
+) -> list[Ranked | Exception]:
+    """Vectors and top-n lists of many requests' jobs, ranked together (the batch function).
+
+    A job whose vectors fail gets its exception as its answer; the others still run.
+    """
+    answers: list[Ranked | Exception] = []
+    spans: list[tuple[int, int, list[_Vector]] | None] = []
+    rows: list[_Row] = []
     with torch.inference_mode():
-        for rows, view in ((model_rows, context.primary), (popular_rows, context.fallback)):
-            if rows:
-                ranked = _rank(view, [vectors[i] for i in rows], options)
-                for i, items in zip(rows, ranked, strict=True):
-                    lists[i] = items
-    return lists
+        for job in jobs:
+            try:
+                vectors = job.vectors()
+            except Exception as error:  # only this request fails
+                answers.append(error)
+                spans.append(None)
+                continue
+            answers.append(RuntimeError("not ranked"))  # replaced below
+            spans.append((len(rows), len(rows) + len(vectors), vectors))
+            rows.extend(_rows(job.context, vectors, job.options))
+    ranked = _rank_rows(rows, buffers)
+    for i, span in enumerate(spans):
+        if span is not None:
+            answers[i] = (span[2], ranked[span[0] : span[1]])
+    return answers
+
+
+def batch_function(buffers: ScoreBuffers) -> Callable[[Sequence[Any]], list[Any]]:
+    """The batcher's compute function, with score buffers owned by its one thread."""
+
+    def compute(jobs: Sequence[Any]) -> list[Any]:
+        return list(rank_batch(jobs, buffers))
+
+    return compute
+
+
+async def _ranked(context: ServingContext, job: RankJob) -> Ranked:
+    batcher = context.runtime.batcher
+    if batcher is None:  # no scoring thread (tools): rank inline
+        answer = rank_batch([job])[0]
+    else:
+        answer = await batcher.submit(job)
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
 
 def profile_users(
@@ -259,6 +369,41 @@ def recommend_for_users(
         Recommendation(user, version, vector.source, items)
         for user, vector, items in zip(users, vectors, lists, strict=True)
     ]
+
+
+async def rank_users(
+    context: ServingContext,
+    users: Sequence[str],
+    options: RecommendOptions,
+    profiles: Mapping[str, UserProfile],
+) -> list[Recommendation]:
+    """`recommend_for_users` through the runtime's scoring thread (batched with other calls)."""
+
+    def vectors() -> list[_Vector]:
+        return [_user_vector(context, user, profiles.get(user)) for user in users]
+
+    made, lists = await _ranked(context, RankJob(context, vectors, options))
+    version = context.served.version
+    return [
+        Recommendation(user, version, vector.source, items)
+        for user, vector, items in zip(users, made, lists, strict=True)
+    ]
+
+
+async def rank_history(
+    context: ServingContext, history: History, options: RecommendOptions
+) -> Recommendation:
+    """`recommend_for_history` through the runtime's scoring thread."""
+    primary = context.primary
+
+    def vectors() -> list[_Vector]:
+        indices = primary.table.vocabulary.indices(history.items)
+        vector = _history_vector(primary, indices, history.ratings)
+        vector.rated_ids = history.items
+        return [vector]
+
+    made, lists = await _ranked(context, RankJob(context, vectors, options))
+    return Recommendation(None, context.served.version, made[0].source, lists[0])
 
 
 def recommend_for_user(

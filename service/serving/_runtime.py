@@ -34,6 +34,7 @@ from service.metrics_prom import ServiceMetrics
 from service.ml.base import Recommender
 from service.ml.device import resolve_device
 from service.registry import ModelRegistry, ServedModel
+from service.serving._batcher import Batcher
 from service.serving._registry import NoModelError
 from service.serving._tables import ItemIndex, ItemTable
 
@@ -87,6 +88,8 @@ class ServingRuntime:
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.batcher: Batcher | None = None
+        """The scoring thread of ranking calls (set by the lifespan; None: rank inline)."""
 
     # ----- database reads --------------------------------------------------------------------
     def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
