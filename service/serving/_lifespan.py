@@ -20,8 +20,10 @@ from service.serving._runtime import ServingRuntime, configure_torch
 if TYPE_CHECKING:
     from service.api.state import ServiceState
 
-POOL_SIZE = 8
-"""Connections the serving engine keeps open."""
+POOL_SIZE = 16
+"""Connections the serving engine keeps open (opened on demand): enough for the profile batcher,
+the routes that read through the thread pool, and the catalog refresh, without closing and
+reopening overflow connections under load."""
 
 POOL_OVERFLOW = 32
 """Extra connections it may open under a burst of concurrent requests."""
@@ -52,6 +54,8 @@ async def serving_runtime(
         await anyio.to_thread.run_sync(runtime.refresh_items)
         await anyio.to_thread.run_sync(runtime.warm)
         runtime.batcher = Batcher(batch_function(ScoreBuffers()))
+        if engine.dialect.name != "sqlite":
+            runtime.profile_batcher = Batcher(runtime.read_profile_batch, "mfserve-profiles")
         state.serving = runtime
         runtime.start()
         try:
@@ -59,5 +63,7 @@ async def serving_runtime(
         finally:
             await runtime.stop()
             await anyio.to_thread.run_sync(runtime.batcher.close)
+            if runtime.profile_batcher is not None:
+                await anyio.to_thread.run_sync(runtime.profile_batcher.close)
     finally:
         engine.dispose()
