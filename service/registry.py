@@ -14,7 +14,6 @@ growing delay, never in a tight loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -97,6 +96,8 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
         self.last_error: str | None = None
         """The newest refusal or poll failure, for health reports; None after a clean poll."""
 
@@ -189,13 +190,29 @@ class ModelRegistry:
         if self._stopping is None or self._stopping.is_set():
             self._stopping = asyncio.Event()
         stopping = self._stopping
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
         while not stopping.is_set():
+            self._wakeup.clear()
             try:
                 await self.refresh()
             except Exception:  # never let the loop die; the next poll tries again
                 log.exception("model registry poll failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self._poll_interval_s)
+            waits = [
+                asyncio.ensure_future(stopping.wait()),
+                asyncio.ensure_future(self._wakeup.wait()),
+            ]
+            _done, pending = await asyncio.wait(
+                waits, timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+
+    def wake(self) -> None:
+        """Poll now instead of at the next interval; safe to call from any thread."""
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wakeup.set)
 
     def start(self) -> asyncio.Task[None]:
         """Start the poll loop as a task of the running event loop."""

@@ -21,6 +21,7 @@ from sqlalchemy import CursorResult, Executable, Row, func, insert, select, upda
 from sqlalchemy.orm import Session
 
 from service.db.jobs_tables import FINAL_STATUSES, active_model, model_versions, training_jobs
+from service.db.notifications import notify_activation
 from service.db.tables import ratings
 
 OPEN_STATUSES = ("queued", "running")
@@ -575,6 +576,7 @@ def publish_version(
             .where(active_model.c.id == 1)
             .values(version=number, activated_at=now)
         )
+        notify_activation(session, number)
     finish_job(
         session, job_id, worker_id, "succeeded", metrics=new.metrics, version=number, now=now
     )
@@ -599,6 +601,7 @@ def activate_version(
         .where(active_model.c.id == 1)
         .values(version=version, activated_at=now or utcnow())
     )
+    notify_activation(session, version)
     return get_version(session, version)
 
 

@@ -6,6 +6,7 @@ fallback is part of a trained version's artifact, so there is nothing to serve y
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.jobs import VersionRecord, get_active_version
+from service.db.notifications import ActivationListener
 from service.db.session import transaction
 from service.errors import ServiceUnavailableError
 from service.registry import ModelRegistry
@@ -66,7 +68,14 @@ async def model_registry(state: ServiceState) -> AsyncIterator[ModelRegistry]:
     state.readiness.append(registry_readiness(registry))
     await registry.refresh()  # serve the active model from the first request on
     registry.start()
+    listener = None
+    if state.engine.dialect.name == "postgresql":
+        # activations elsewhere wake this process's poll at once (the poll stays the fallback)
+        listener = ActivationListener(settings.database_url, lambda _version: registry.wake())
+        listener.start()
     try:
         yield registry
     finally:
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
         await registry.stop()

@@ -1,7 +1,8 @@
 """Issue 6: the compose topology as plain processes — one PostgreSQL, `mfserve migrate`, two
 API replicas on different ports and two workers sharing one artifact directory.
 
-- both replicas serve a newly activated version within 5 s (no process is a master);
+- both replicas serve a newly activated version within 5 s (no process is a master), told by
+  PostgreSQL LISTEN/NOTIFY rather than their poll;
 - ratings posted to one replica are folded in by the other on the very next request;
 - several jobs queued at once are each run by exactly one of the two workers.
 """
@@ -101,6 +102,9 @@ def test_two_replicas_and_two_workers_on_one_postgres(
         "MFSERVE_RETRAIN_MIN_NEW_RATINGS": "0",
         "MFSERVE_WORKER_POLL_INTERVAL": "0.2",
         "MFSERVE_WORKER_THREADS": "1",
+        # a poll this slow cannot explain a swap within SWAP_DEADLINE_S: the replicas learn of
+        # activations through PostgreSQL LISTEN/NOTIFY
+        "MFSERVE_REGISTRY_POLL_INTERVAL": "30",
     }
     with ExitStack() as stack:
         replicas = [
