@@ -281,6 +281,8 @@ def spawn(job: dict[str, Any], timeout: float) -> dict[str, Any]:
         MKL_NUM_THREADS=threads,
         OPENBLAS_NUM_THREADS=threads,
         LK_NUM_THREADS=threads,
+        # LensKit sizes torch's intra-op pool from this one (1 on 2 cores if unset)
+        LK_NUM_BACKEND_THREADS=threads,
         RAYON_NUM_THREADS=threads,
     )
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
