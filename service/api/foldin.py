@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api.serving_deps import RuntimeDep, json_reply
+from service.api.serving_deps import RuntimeDep, json_reply, request_history
 from service.api.serving_schemas import FoldInIn, FoldInOut
-from service.errors import InvalidInputError
-from service.serving import fold_in_history, read_history
+from service.serving import fold_in_history
 
 router = APIRouter(tags=["recommendations"])
 
@@ -22,23 +21,7 @@ router = APIRouter(tags=["recommendations"])
 async def foldin(body: FoldInIn, runtime: RuntimeDep) -> Response:
     """The embedding and bias the served model gives this history (zeros when it knows none of
     its items); items it does not know are listed in `unknown_items`."""
-    settings = runtime.settings
-    if len(body.history) > settings.max_history_items:
-        raise InvalidInputError(
-            [
-                {
-                    "field": "body.history",
-                    "message": f"at most {settings.max_history_items} entries "
-                    "(MFSERVE_MAX_HISTORY_ITEMS)",
-                }
-            ]
-        )
-    history = read_history(
-        [(e.item, e.rating) for e in body.history],
-        settings.rating_min,
-        settings.rating_max,
-        "body.history",
-    )
+    history = request_history(body.history, runtime.settings)
     result = fold_in_history(runtime.current(), history)
     runtime.count_sources("foldin", ["foldin"])
     return json_reply(

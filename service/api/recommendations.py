@@ -14,7 +14,9 @@ from service.api.serving_deps import (
     query_doc,
     query_ids,
     query_int,
+    request_history,
     runtime_of,
+    too_many,
 )
 from service.api.serving_schemas import (
     AnonymousRecommendIn,
@@ -31,7 +33,6 @@ from service.serving import (
     profile_users,
     rank_history,
     rank_users,
-    read_history,
 )
 
 router = APIRouter(tags=["recommendations"])
@@ -112,22 +113,7 @@ async def recommend_anonymous(body: AnonymousRecommendIn, runtime: RuntimeDep) -
     """Top-n items for a history that is not stored; the history's items are left out."""
     settings = runtime.settings
     check_n(body.n, settings.max_recommendations, "body.n")
-    if len(body.history) > settings.max_history_items:
-        raise InvalidInputError(
-            [
-                {
-                    "field": "body.history",
-                    "message": f"at most {settings.max_history_items} entries "
-                    "(MFSERVE_MAX_HISTORY_ITEMS)",
-                }
-            ]
-        )
-    history = read_history(
-        [(e.item, e.rating) for e in body.history],
-        settings.rating_min,
-        settings.rating_max,
-        "body.history",
-    )
+    history = request_history(body.history, settings)
     options = RecommendOptions(body.n, body.exclude_rated, tuple(body.exclude), tuple(body.tags))
     result = await rank_history(runtime.current(), history, options)
     runtime.count_sources("recommend_anonymous", [result.source])
@@ -144,16 +130,11 @@ async def recommend_batch(body: BatchRecommendIn, runtime: RuntimeDep) -> Respon
     """One list per user (request order; repeated users repeat), one database query for all."""
     settings = runtime.settings
     check_n(body.n, settings.max_recommendations, "body.n")
-    if len(body.users) > settings.max_batch_users:
-        raise InvalidInputError(
-            [
-                {
-                    "field": "body.users",
-                    "message": f"at most {settings.max_batch_users} users "
-                    "(MFSERVE_MAX_BATCH_USERS)",
-                }
-            ]
-        )
+    problem = too_many(
+        len(body.users), settings.max_batch_users, "body.users", "users", "MAX_BATCH_USERS"
+    )
+    if problem is not None:
+        raise InvalidInputError([problem])
     options = RecommendOptions(body.n, body.exclude_rated, tuple(body.exclude), tuple(body.tags))
     context = runtime.current()
     profiles = await runtime.fetch_profiles(profile_users(context, body.users, options))

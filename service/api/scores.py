@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api.serving_deps import RuntimeDep, json_reply
+from service.api.serving_deps import RuntimeDep, json_reply, request_history, too_many
 from service.api.serving_schemas import ScoresIn, ScoresOut
 from service.errors import InvalidInputError
-from service.serving import profile_users, read_history, score_items
+from service.serving import profile_users, score_items
 
 router = APIRouter(tags=["recommendations"])
 
@@ -23,34 +23,28 @@ async def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
     """Scores in request order (predicted ratings for explicit models); unknown items get null
     and are listed in `unknown_items`. A user is scored like `GET /recommend/{user}` would."""
     settings = runtime.settings
-    problems = []
+    problems: list[dict[str, str] | None] = []
     if (body.user is None) == (body.history is None):
         problems.append({"field": "body.user", "message": "give exactly one of user or history"})
-    if len(body.items) > settings.max_score_items:
-        problems.append(
-            {
-                "field": "body.items",
-                "message": f"at most {settings.max_score_items} items (MFSERVE_MAX_SCORE_ITEMS)",
-            }
+    problems.append(
+        too_many(
+            len(body.items), settings.max_score_items, "body.items", "items", "MAX_SCORE_ITEMS"
         )
-    if body.history is not None and len(body.history) > settings.max_history_items:
-        problems.append(
-            {
-                "field": "body.history",
-                "message": f"at most {settings.max_history_items} entries "
-                "(MFSERVE_MAX_HISTORY_ITEMS)",
-            }
-        )
-    if problems:
-        raise InvalidInputError(problems)
-    history = None
+    )
     if body.history is not None:
-        history = read_history(
-            [(e.item, e.rating) for e in body.history],
-            settings.rating_min,
-            settings.rating_max,
-            "body.history",
+        problems.append(
+            too_many(
+                len(body.history),
+                settings.max_history_items,
+                "body.history",
+                "entries",
+                "MAX_HISTORY_ITEMS",
+            )
         )
+    found = [problem for problem in problems if problem is not None]
+    if found:
+        raise InvalidInputError(found)
+    history = None if body.history is None else request_history(body.history, settings)
     context = runtime.current()
     profiles = None
     if body.user is not None:

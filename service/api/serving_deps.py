@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Path, Request
 from fastapi.responses import Response
 
+from service.api.serving_schemas import HistoryEntry
 from service.api.state import ServiceState
+from service.config import Settings
 from service.errors import InvalidInputError, ServiceUnavailableError
 from service.ingest import check_external_id
-from service.serving import ServingRuntime
+from service.serving import History, ServingRuntime, read_history
 
 
 async def get_runtime(request: Request) -> ServingRuntime:
@@ -113,3 +116,24 @@ def json_reply(payload: dict[str, Any]) -> Response:
     """A JSON response encoded directly (the routers' payloads are plain, already-valid data)."""
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return Response(body.encode(), media_type="application/json")
+
+
+def too_many(count: int, limit: int, field: str, noun: str, setting: str) -> dict[str, str] | None:
+    """The 422 problem of a request list longer than its configured limit, or None."""
+    if count <= limit:
+        return None
+    return {"field": field, "message": f"at most {limit} {noun} (MFSERVE_{setting})"}
+
+
+def request_history(
+    entries: Sequence[HistoryEntry], settings: Settings, field: str = "body.history"
+) -> History:
+    """A request's history: at most MFSERVE_MAX_HISTORY_ITEMS entries, ratings on the scale."""
+    problem = too_many(
+        len(entries), settings.max_history_items, field, "entries", "MAX_HISTORY_ITEMS"
+    )
+    if problem is not None:
+        raise InvalidInputError([problem])
+    return read_history(
+        [(e.item, e.rating) for e in entries], settings.rating_min, settings.rating_max, field
+    )
