@@ -279,13 +279,6 @@ def _rank_rows(
     return results
 
 
-def _rank_all(
-    context: ServingContext, vectors: list[_Vector], options: RecommendOptions
-) -> list[list[tuple[str, float]]]:
-    """Rank every vector: model and fold-in vectors together, fallback ones together."""
-    return _rank_rows(_rows(context, vectors, options))
-
-
 Ranked = tuple[list[_Vector], list[list[tuple[str, float]]]]
 """A job's answer: its vectors (sources) and their top-n lists."""
 
@@ -354,30 +347,14 @@ def profile_users(
     return [u for u in dict.fromkeys(users) if _needs_profile(context, u, options)]
 
 
-def recommend_for_users(
-    context: ServingContext,
-    users: Sequence[str],
-    options: RecommendOptions,
-    profiles: Mapping[str, UserProfile],
-) -> list[Recommendation]:
-    """Top-n lists for many users (in request order) from their profiles (`profile_users`)."""
-    with torch.inference_mode():
-        vectors = [_user_vector(context, user, profiles.get(user)) for user in users]
-    lists = _rank_all(context, vectors, options)
-    version = context.served.version
-    return [
-        Recommendation(user, version, vector.source, items)
-        for user, vector, items in zip(users, vectors, lists, strict=True)
-    ]
-
-
 async def rank_users(
     context: ServingContext,
     users: Sequence[str],
     options: RecommendOptions,
     profiles: Mapping[str, UserProfile],
 ) -> list[Recommendation]:
-    """`recommend_for_users` through the runtime's scoring thread (batched with other calls)."""
+    """Top-n lists for many users (request order) from their profiles (`profile_users`): stored
+    embedding, fold-in of the current history, or popular; batched with concurrent calls."""
 
     def vectors() -> list[_Vector]:
         return [_user_vector(context, user, profiles.get(user)) for user in users]
@@ -393,7 +370,7 @@ async def rank_users(
 async def rank_history(
     context: ServingContext, history: History, options: RecommendOptions
 ) -> Recommendation:
-    """`recommend_for_history` through the runtime's scoring thread."""
+    """Top-n items for an anonymous history (nothing is stored; its items are excluded)."""
     primary = context.primary
 
     def vectors() -> list[_Vector]:
@@ -404,29 +381,6 @@ async def rank_history(
 
     made, lists = await _ranked(context, RankJob(context, vectors, options))
     return Recommendation(None, context.served.version, made[0].source, lists[0])
-
-
-def recommend_for_user(
-    context: ServingContext,
-    user: str,
-    options: RecommendOptions,
-    profiles: Mapping[str, UserProfile],
-) -> Recommendation:
-    """Top-n items for one user: stored embedding, fold-in of the current history, or popular."""
-    return recommend_for_users(context, [user], options, profiles)[0]
-
-
-def recommend_for_history(
-    context: ServingContext, history: History, options: RecommendOptions
-) -> Recommendation:
-    """Top-n items for an anonymous history (nothing is stored; its items are excluded)."""
-    primary = context.primary
-    indices = primary.table.vocabulary.indices(history.items)
-    with torch.inference_mode():
-        vector = _history_vector(primary, indices, history.ratings)
-    vector.rated_ids = history.items
-    items = _rank_all(context, [vector], options)[0]
-    return Recommendation(None, context.served.version, vector.source, items)
 
 
 # ----- scores, fold-in, similar items -------------------------------------------------------
