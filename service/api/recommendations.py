@@ -30,7 +30,6 @@ from service.serving import (
     Recommendation,
     RecommendOptions,
     check_n,
-    profile_users,
     rank_history,
     rank_users,
 )
@@ -96,9 +95,7 @@ async def recommend(request: Request) -> Response:
         query_ids(request, "exclude"),
         query_ids(request, "tag"),
     )
-    context = runtime.current()
-    profiles = await runtime.fetch_profiles(profile_users(context, [user], options))
-    result = (await rank_users(context, [user], options, profiles))[0]
+    result = (await rank_users(runtime.current(), [user], options))[0]
     runtime.count_sources("recommend", [result.source])
     return json_reply(recommendation_payload(result))
 
@@ -137,8 +134,7 @@ async def recommend_batch(body: BatchRecommendIn, runtime: RuntimeDep) -> Respon
         raise InvalidInputError([problem])
     options = RecommendOptions(body.n, body.exclude_rated, tuple(body.exclude), tuple(body.tags))
     context = runtime.current()
-    profiles = await runtime.fetch_profiles(profile_users(context, body.users, options))
-    results = await rank_users(context, body.users, options, profiles)
+    results = await rank_users(context, body.users, options)
     runtime.count_sources("recommend_batch", [r.source for r in results])
     return json_reply(
         {

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from service.api.serving_deps import RuntimeDep, json_reply, request_history, too_many
 from service.api.serving_schemas import ScoresIn, ScoresOut
 from service.errors import InvalidInputError
-from service.serving import profile_users, score_items
+from service.serving import score_items
 
 router = APIRouter(tags=["recommendations"])
 
@@ -45,11 +45,7 @@ async def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
     if found:
         raise InvalidInputError(found)
     history = None if body.history is None else request_history(body.history, settings)
-    context = runtime.current()
-    profiles = None
-    if body.user is not None:
-        profiles = await runtime.fetch_profiles(profile_users(context, [body.user]))
-    result = score_items(context, body.items, user=body.user, profiles=profiles, history=history)
+    result = await score_items(runtime.current(), body.items, user=body.user, history=history)
     runtime.count_sources("scores", [result.source])
     return json_reply(
         {

@@ -25,8 +25,9 @@ def normalize_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _prepare_sqlite(engine: Engine) -> None:
-    """WAL, foreign keys and a busy timeout; transactions begun by us, writers immediately."""
+def _prepare_sqlite(engine: Engine, mmap_bytes: int = 0) -> None:
+    """WAL, foreign keys and a busy timeout; transactions begun by us, writers immediately;
+    `mmap_bytes` of the database file read through a memory map instead of read calls."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -38,6 +39,8 @@ def _prepare_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
+            if mmap_bytes:
+                cursor.execute(f"PRAGMA mmap_size = {int(mmap_bytes)}")
         finally:
             cursor.close()
 
@@ -47,12 +50,13 @@ def _prepare_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for a SQLite or PostgreSQL URL, configured for this service."""
+def create_db_engine(url: str, *, sqlite_mmap_bytes: int = 0, **kwargs: Any) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL, configured for this service
+    (`sqlite_mmap_bytes`: see `_prepare_sqlite`; ignored on PostgreSQL)."""
     url = normalize_database_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
-        _prepare_sqlite(engine)
+        _prepare_sqlite(engine, sqlite_mmap_bytes)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)

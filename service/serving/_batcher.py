@@ -1,19 +1,24 @@
-"""Micro-batching of the scoring work of concurrent requests, in one dedicated thread.
+"""Micro-batching of the scoring work of concurrent requests.
 
-Every ranking call of the serving routes becomes a job. When the scoring thread is idle, a job
-starts at once (one client pays only the hop to the thread). While it computes, the event loop
-keeps parsing HTTP on the other core, and the jobs that arrive meanwhile wait; when the thread is
-done, all of them go together as the next batch: one matrix product and one `topk` per item
-table for the whole batch, instead of one per request. Torch releases the GIL while it computes,
-so the thread and the loop run side by side; one thread (not a pool) keeps the two cores for
-the loop and the math instead of for threads fighting over the GIL.
+Every ranking call of the serving routes becomes a job. A batch runs on the event loop, one at a
+time: the first job starts one at the end of the current loop pass (so the requests that arrived
+together go together), and the jobs that arrive while it runs wait for the next one. One batch
+costs one database read and one matrix product and `topk` per item table, instead of one per
+request.
+
+A batch hands its blocking, GIL-free steps to one dedicated thread with `offload`: the matrix
+product (torch releases the GIL for it) and the database read. Only those go:
+every call into a thread must take the GIL back when it returns, and a thread waiting for the
+GIL while the loop is busy waits up to the interpreter's switch interval, so Python work moved
+to a thread costs more than it saves. The loop keeps parsing HTTP on one core while the product
+runs on the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -21,6 +26,10 @@ T = TypeVar("T")
 
 MAX_BATCH_JOBS = 256
 """Jobs run together at most (more wait for the next batch)."""
+
+MAX_BATCHES_IN_FLIGHT = 2
+"""Batches under way at once: while one waits for the thread, the next one reads and prepares,
+so the loop does not idle waiting for a batch to come back."""
 
 
 @dataclass
@@ -31,52 +40,65 @@ class Job(Generic[T]):
     future: asyncio.Future[T]
 
 
-BatchFunction = Callable[[Sequence[Any]], list[Any]]
+Offload = Callable[..., Awaitable[Any]]
+"""`await offload(function, *args)`: the function's result, computed in the batcher's thread."""
+
+BatchFunction = Callable[[Sequence[Any], Offload], Awaitable[list[Any]]]
 """Computes the answers of a batch of payloads, one per payload (an exception instance fails
-only that payload's request)."""
+only that payload's request); blocking steps go through the given `Offload`."""
+
+
+async def run_inline(function: Callable[..., T], *args: Any) -> T:
+    """An `Offload` that runs the function where it is called (tools without a thread)."""
+    return function(*args)
 
 
 class Batcher:
-    """Runs a batch function in one dedicated thread, merging the jobs that queue up meanwhile."""
+    """Runs a batch function on the event loop, one batch at a time, merging the jobs that
+    queue up meanwhile; its blocking steps run in one dedicated thread."""
 
     def __init__(self, compute: BatchFunction, name: str = "mfserve-scoring") -> None:
         self._compute = compute
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self._pending: list[Job[Any]] = []
-        self._busy = False
+        self._in_flight = 0
+        self._launching = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.jobs = 0
 
     async def submit(self, payload: Any) -> Any:
-        """The answer for one payload, computed in the next batch (at once when idle)."""
+        """The answer for one payload, computed in the next batch."""
         loop = asyncio.get_running_loop()
         job: Job[Any] = Job(payload, loop.create_future())
         self._pending.append(job)
-        if not self._busy:
-            self._launch(loop)
+        if not self._launching and self._in_flight < MAX_BATCHES_IN_FLIGHT:
+            self._launching = True
+            loop.call_soon(self._launch)  # after the other requests of this loop pass
         return await job.future
 
-    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def offload(self, function: Callable[..., T], *args: Any) -> T:
+        """The function's result, computed in the batcher's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _launch(self) -> None:
+        self._launching = False
         jobs = self._pending[:MAX_BATCH_JOBS]
         del self._pending[:MAX_BATCH_JOBS]
-        self._busy = True
+        if not jobs:
+            return
         self.batches += 1
         self.jobs += len(jobs)
-        done = self._executor.submit(self._run, [job.payload for job in jobs])
-        done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, loop, jobs, f))
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._run(jobs))
+        self._tasks.add(task)  # a reference until it is done
+        task.add_done_callback(self._tasks.discard)
 
-    def _run(self, payloads: list[Any]) -> list[Any]:
-        return self._compute(payloads)
-
-    def _finish(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        jobs: list[Job[Any]],
-        done: concurrent.futures.Future[list[Any]],
-    ) -> None:
-        self._busy = False
-        error = done.exception()
-        answers: list[Any] = [error] * len(jobs) if error is not None else done.result()
+    async def _run(self, jobs: list[Job[Any]]) -> None:
+        try:
+            answers: list[Any] = await self._compute([job.payload for job in jobs], self.offload)
+        except Exception as error:  # every request of the batch fails alike
+            answers = [error] * len(jobs)
         for job, answer in zip(jobs, answers, strict=True):
             if job.future.done():  # the request was cancelled (client gone)
                 continue
@@ -84,9 +106,10 @@ class Batcher:
                 job.future.set_exception(answer)
             else:
                 job.future.set_result(answer)
-        if self._pending:
-            self._launch(loop)
+        self._in_flight -= 1
+        if self._pending and not self._launching:
+            self._launch()
 
     def close(self) -> None:
-        """Stop the thread once the batch in progress is done."""
+        """Stop the thread once the step in progress is done."""
         self._executor.shutdown(wait=True)

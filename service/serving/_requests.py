@@ -16,7 +16,7 @@ indexed query.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,9 @@ from service.db.profiles import UserProfile
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
+from service.serving._batcher import BatchFunction, Offload, run_inline
 from service.serving._runtime import ModelView, ServingContext
-from service.serving._tables import NEG_INF, ItemTable, apply_masks
+from service.serving._tables import ItemTable, Masks
 
 ROWS_PER_BLOCK_ELEMENTS = 4_000_000
 """A batch is scored in blocks of at most this many (user, item) scores, to bound memory."""
@@ -241,98 +242,196 @@ CACHED_BUFFERS = 4
 """Item tables whose score buffers are kept."""
 
 
-def _rank_rows(
-    rows: Sequence[_Row], buffers: ScoreBuffers | None = None
+async def _rank_rows(
+    rows: Sequence[_Row], offload: Offload, buffers: ScoreBuffers | None = None
 ) -> list[list[tuple[str, float]]]:
-    """Top-n lists of many rows: one matmul and one topk per item table (and block)."""
+    """Top-n lists of many rows: one matmul and one topk per item table (and block), in the
+    batcher's thread.
+
+    Rows are ranked by raw scores; users' biases and the model's transform, which do not change
+    a row's order, are applied to the top n only.
+    """
     results: list[list[tuple[str, float]]] = [[] for _ in rows]
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault((id(row.view.table), row.vector.embedding is None), []).append(i)
-    with torch.inference_mode():
-        for (_table, popular), members in groups.items():
-            table = rows[members[0]].view.table
-            block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
-            for start in range(0, len(members), block):
-                chunk = [rows[i] for i in members[start : start + block]]
-                out = None if buffers is None else buffers.get(table, len(chunk))
-                if popular:  # a zero vector scores items by their biases alone
-                    scores = table.score(None, [0.0] * len(chunk), out)
-                else:
-                    embeddings = [r.vector.embedding for r in chunk]
-                    stacked = (
-                        embeddings[0].unsqueeze(0)  # type: ignore[union-attr]
-                        if len(chunk) == 1
-                        else torch.stack(embeddings)  # type: ignore[arg-type]
-                    )
-                    scores = table.score(stacked, [r.vector.bias for r in chunk], out)
-                apply_masks(scores, [_excluded(r.view, r.vector, r.options) for r in chunk], None)
-                for j, r in enumerate(chunk):
-                    if r.options.tags:
-                        allowed = r.view.index.allowed(r.options.tags, table.n_items, table.device)
-                        scores[j].masked_fill_(~allowed, NEG_INF)
-                longest = max(r.options.n for r in chunk)
-                for i, items in zip(
-                    members[start : start + block], table.top(scores, longest), strict=True
-                ):
-                    results[i] = items[: rows[i].options.n]
+    for (_table, popular), members in groups.items():
+        table = rows[members[0]].view.table
+        block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
+        for start in range(0, len(members), block):
+            chunk = [rows[i] for i in members[start : start + block]]
+            longest = min(max(r.options.n for r in chunk), table.n_items)
+            if longest <= 0:
+                continue
+            out = None if buffers is None else buffers.get(table, len(chunk))
+            with torch.inference_mode():
+                stacked = None if popular else _stack([r.vector for r in chunk])
+                masks = Masks.build(
+                    [_excluded(r.view, r.vector, r.options) for r in chunk],
+                    [
+                        (j, ~r.view.index.allowed(r.options.tags, table.n_items, table.device))
+                        for j, r in enumerate(chunk)
+                        if r.options.tags
+                    ],
+                    table.device,
+                )
+            values, indices = await offload(
+                _rank_in_thread, table, stacked, len(chunk), masks, longest, out
+            )
+            with torch.inference_mode():
+                lists = table.scored_lists(values, indices, [r.vector.bias for r in chunk])
+            for i, items in zip(members[start : start + block], lists, strict=True):
+                results[i] = items[: rows[i].options.n]
     return results
 
 
+def _stack(vectors: Sequence[_Vector]) -> torch.Tensor:
+    embeddings = [v.embedding for v in vectors]
+    if len(embeddings) == 1:
+        return embeddings[0].unsqueeze(0)  # type: ignore[union-attr]
+    return torch.stack(embeddings)  # type: ignore[arg-type]
+
+
+def _rank_in_thread(
+    table: ItemTable,
+    embeddings: torch.Tensor | None,
+    rows: int,
+    masks: Masks,
+    k: int,
+    out: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ItemTable.rank` (in the batcher's thread)."""
+    with torch.inference_mode():
+        return table.rank(embeddings, rows, masks, k, out)
+
+
 Ranked = tuple[list[_Vector], list[list[tuple[str, float]]]]
-"""A job's answer: its vectors (sources) and their top-n lists."""
+"""A ranking job's answer: its vectors (sources) and their top-n lists."""
+
+Profiles = Mapping[str, UserProfile]
+ProfileRead = Callable[[Sequence[str]], dict[str, UserProfile]]
+"""Reads the profiles of users in one query (absent users are left out)."""
+ProfileFetch = Callable[[Sequence[str]], Awaitable[dict[str, UserProfile]]]
+"""`ProfileRead`, awaited."""
+
+READ_USERS_PER_QUERY = 1000
+"""Jobs of a batch share one profile query until it names this many users (a larger job reads
+alone: still one query per request)."""
 
 
 @dataclass(frozen=True)
 class RankJob:
-    """A request's ranking work for the batcher: its vectors (made in the scoring thread)."""
+    """A request's ranking work for the batcher: the users whose profiles it needs, and its
+    vectors (made from those profiles once the batch has read them)."""
 
     context: ServingContext
-    vectors: Callable[[], list[_Vector]]
+    reads: Sequence[str]
+    vectors: Callable[[Profiles], list[_Vector]]
     options: RecommendOptions
 
 
-def rank_batch(
-    jobs: Sequence[RankJob], buffers: ScoreBuffers | None = None
-) -> list[Ranked | Exception]:
-    """Vectors and top-n lists of many requests' jobs, ranked together (the batch function).
+@dataclass(frozen=True)
+class CallJob:
+    """Other work of a request for the batcher, run after the batch's profile read."""
 
-    A job whose vectors fail gets its exception as its answer; the others still run.
+    reads: Sequence[str]
+    run: Callable[[Profiles], Any]
+
+
+NO_PROFILES: Profiles = {}
+
+
+async def read_batch_profiles(
+    jobs: Sequence[RankJob | CallJob], read: ProfileFetch
+) -> list[Profiles | Exception]:
+    """The profiles each job needs, read in as few queries as `READ_USERS_PER_QUERY` allows.
+
+    A failed query fails the jobs that needed it (their answer is the exception).
     """
-    answers: list[Ranked | Exception] = []
+    answers: list[Profiles | Exception] = [NO_PROFILES] * len(jobs)
+    groups: list[list[int]] = []
+    named = 0
+    for i, job in enumerate(jobs):
+        if not job.reads:
+            continue
+        if not groups or named + len(job.reads) > READ_USERS_PER_QUERY:
+            groups.append([])
+            named = 0
+        groups[-1].append(i)
+        named += len(job.reads)
+    for group in groups:
+        try:
+            found: Profiles | Exception = await read([u for i in group for u in jobs[i].reads])
+        except Exception as error:  # the database is away: these requests fail alike
+            found = error
+        for i in group:
+            answers[i] = found
+    return answers
+
+
+async def rank_batch(
+    jobs: Sequence[RankJob | CallJob],
+    read: ProfileFetch,
+    offload: Offload,
+    buffers: ScoreBuffers | None = None,
+) -> list[Any]:
+    """The answers of many requests' jobs (the batch function): one profile read for the batch,
+    then the ranking jobs' lists, ranked together, and the other jobs' results.
+
+    A job whose read, vectors or call fail gets its exception as its answer; the others still
+    run.
+    """
+    answers: list[Any] = []
     spans: list[tuple[int, int, list[_Vector]] | None] = []
     rows: list[_Row] = []
-    with torch.inference_mode():
-        for job in jobs:
-            try:
-                vectors = job.vectors()
-            except Exception as error:  # only this request fails
-                answers.append(error)
-                spans.append(None)
-                continue
-            answers.append(RuntimeError("not ranked"))  # replaced below
-            spans.append((len(rows), len(rows) + len(vectors), vectors))
-            rows.extend(_rows(job.context, vectors, job.options))
-    ranked = _rank_rows(rows, buffers)
+    for job, profiles in zip(jobs, await read_batch_profiles(jobs, read), strict=True):
+        spans.append(None)
+        if isinstance(profiles, Exception):
+            answers.append(profiles)
+            continue
+        try:
+            with torch.inference_mode():
+                if isinstance(job, CallJob):
+                    answers.append(job.run(profiles))
+                    continue
+                vectors = job.vectors(profiles)
+        except Exception as error:  # only this request fails
+            answers.append(error)
+            continue
+        answers.append(None)  # replaced below
+        spans[-1] = (len(rows), len(rows) + len(vectors), vectors)
+        rows.extend(_rows(job.context, vectors, job.options))
+    ranked = await _rank_rows(rows, offload, buffers) if rows else []
     for i, span in enumerate(spans):
         if span is not None:
             answers[i] = (span[2], ranked[span[0] : span[1]])
     return answers
 
 
-def batch_function(buffers: ScoreBuffers) -> Callable[[Sequence[Any]], list[Any]]:
-    """The batcher's compute function, with score buffers owned by its one thread."""
+def batch_function(read: ProfileRead, read_blocks: bool, buffers: ScoreBuffers) -> BatchFunction:
+    """The batcher's compute function. `read_blocks`: the profile read waits on the network
+    (PostgreSQL) and goes to the batcher's thread; SQLite's local read runs inline, cheaper
+    than the hop (its row-by-row GIL releases would each wait for the busy loop)."""
 
-    def compute(jobs: Sequence[Any]) -> list[Any]:
-        return list(rank_batch(jobs, buffers))
+    async def compute(jobs: Sequence[Any], offload: Offload) -> list[Any]:
+        async def fetch(users: Sequence[str]) -> dict[str, UserProfile]:
+            if not read_blocks:
+                return read(users)
+            found: dict[str, UserProfile] = await offload(read, users)
+            return found
+
+        return await rank_batch(jobs, fetch, offload, buffers)
 
     return compute
 
 
-async def _ranked(context: ServingContext, job: RankJob) -> Ranked:
-    batcher = context.runtime.batcher
-    if batcher is None:  # no scoring thread (tools): rank inline
-        answer = rank_batch([job])[0]
+async def _batched(context: ServingContext, job: RankJob | CallJob) -> Any:
+    """The job's answer from the next batch (computed at once where there is no batcher)."""
+    runtime = context.runtime
+    batcher = runtime.batcher
+    if batcher is None:
+        compute = batch_function(runtime.read_profiles, False, ScoreBuffers())
+        answer = (await compute([job], run_inline))[0]
     else:
         answer = await batcher.submit(job)
     if isinstance(answer, Exception):
@@ -348,18 +447,17 @@ def profile_users(
 
 
 async def rank_users(
-    context: ServingContext,
-    users: Sequence[str],
-    options: RecommendOptions,
-    profiles: Mapping[str, UserProfile],
+    context: ServingContext, users: Sequence[str], options: RecommendOptions
 ) -> list[Recommendation]:
-    """Top-n lists for many users (request order) from their profiles (`profile_users`): stored
-    embedding, fold-in of the current history, or popular; batched with concurrent calls."""
+    """Top-n lists for many users (request order): stored embedding, fold-in of the current
+    history, or popular; their profiles are read in the scoring thread, in one query with
+    those of the concurrent calls batched with this one."""
 
-    def vectors() -> list[_Vector]:
+    def vectors(profiles: Profiles) -> list[_Vector]:
         return [_user_vector(context, user, profiles.get(user)) for user in users]
 
-    made, lists = await _ranked(context, RankJob(context, vectors, options))
+    job = RankJob(context, profile_users(context, users, options), vectors, options)
+    made, lists = await _batched(context, job)
     version = context.served.version
     return [
         Recommendation(user, version, vector.source, items)
@@ -373,23 +471,22 @@ async def rank_history(
     """Top-n items for an anonymous history (nothing is stored; its items are excluded)."""
     primary = context.primary
 
-    def vectors() -> list[_Vector]:
+    def vectors(_profiles: Profiles) -> list[_Vector]:
         indices = primary.table.vocabulary.indices(history.items)
         vector = _history_vector(primary, indices, history.ratings)
         vector.rated_ids = history.items
         return [vector]
 
-    made, lists = await _ranked(context, RankJob(context, vectors, options))
+    made, lists = await _batched(context, RankJob(context, (), vectors, options))
     return Recommendation(None, context.served.version, made[0].source, lists[0])
 
 
 # ----- scores, fold-in, similar items -------------------------------------------------------
-def score_items(
+async def score_items(
     context: ServingContext,
     items: Sequence[str],
     *,
     user: str | None = None,
-    profiles: Mapping[str, UserProfile] | None = None,
     history: History | None = None,
 ) -> Scores:
     """Scores of items (request order) for a user or a history; unknown items score None.
@@ -397,16 +494,29 @@ def score_items(
     A user or history without a usable vector is scored as a zero vector: the model's item
     biases (for explicit models, the baseline predicted rating).
     """
+    reads = () if user is None else profile_users(context, [user])
+
+    def run(profiles: Profiles) -> Scores:
+        return _scores(context, items, user, profiles, history)
+
+    scores: Scores = await _batched(context, CallJob(reads, run))
+    return scores
+
+
+def _scores(
+    context: ServingContext,
+    items: Sequence[str],
+    user: str | None,
+    profiles: Profiles,
+    history: History | None,
+) -> Scores:
     primary = context.primary
     if user is not None:
-        profile = None if profiles is None else profiles.get(user)
-        with torch.inference_mode():
-            vector = _user_vector(context, user, profile)
+        vector = _user_vector(context, user, profiles.get(user))
     else:
         assert history is not None
         indices = primary.table.vocabulary.indices(history.items)
-        with torch.inference_mode():
-            vector = _history_vector(primary, indices, history.ratings)
+        vector = _history_vector(primary, indices, history.ratings)
     table = primary.table
     wanted = table.vocabulary.indices(list(items))
     known = wanted >= 0

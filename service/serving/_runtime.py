@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 
 from service.config import Settings
 from service.db.profiles import (
@@ -66,6 +65,11 @@ class ServingContext:
     settings: Settings
     runtime: ServingRuntime
 
+    @property
+    def rows(self) -> ItemRows:
+        """The item catalog the context was built with."""
+        return self.primary.index.rows
+
 
 class ServingRuntime:
     """The serving part of an API process (one per application instance)."""
@@ -88,41 +92,17 @@ class ServingRuntime:
         self._indexes: OrderedDict[tuple[int, int], ItemIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._freeze_pending = True
+        self._current: ServingContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.batcher: Batcher | None = None
-        """The scoring thread of ranking calls (set by the lifespan; None: rank inline)."""
-        self.profile_batcher: Batcher | None = None
-        """PostgreSQL: the thread reading the profiles of concurrent requests in one query."""
+        """The scoring thread: reads the profiles of concurrent calls in one query and ranks
+        them together (set by the lifespan; None: everything runs inline)."""
 
     # ----- database reads --------------------------------------------------------------------
     def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
-        """Profiles of users in one query (blocking)."""
+        """Profiles of users in one query (blocking: the scoring thread calls it)."""
         return self._profiles.read(users) if users else {}
-
-    async def fetch_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
-        """Profiles of users in one query, without stalling the event loop on a network round
-        trip: SQLite's local read (tens of microseconds) runs inline, cheaper than a thread hop;
-        PostgreSQL's runs in the profile batcher's thread, one query (one round trip, one pooled
-        connection) for every request that arrived while the previous one was out."""
-        if not users:
-            return {}
-        if self._profiles.sqlite:
-            return self._profiles.read(users)
-        if self.profile_batcher is None:
-            return await run_in_threadpool(self._profiles.read, users)
-        found: dict[str, UserProfile] = await self.profile_batcher.submit(list(users))
-        return found
-
-    def read_profile_batch(
-        self, requests: Sequence[Sequence[str]]
-    ) -> list[dict[str, UserProfile] | Exception]:
-        """The profiles of several requests' users in one query (the profile batcher's work)."""
-        try:
-            found = self._profiles.read([user for users in requests for user in users])
-        except Exception as error:  # every request of the batch fails alike
-            return [error] * len(requests)
-        return [{u: found[u] for u in users if u in found} for users in requests]
 
     def refresh_items(self, force: bool = False) -> bool:
         """Re-read the item catalog when it changed (or when forced); True when re-read."""
@@ -191,14 +171,20 @@ class ServingRuntime:
         )
 
     def current(self) -> ServingContext:
-        """The context of the model served now (read once); 503 before any model is active."""
+        """The context of the model served now (read once); 503 before any model is active.
+
+        The context is kept until the served model or the item catalog changes.
+        """
         served = None if self.registry is None else self.registry.current
         if served is None:
             raise NoModelError(
                 "no model is trained yet: post ratings and call POST /admin/retrain "
                 "(or wait for scheduled retraining)"
             )
-        return self.context(served)
+        context = self._current
+        if context is None or context.served is not served or context.rows is not self._rows:
+            context = self._current = self.context(served)
+        return context
 
     def count_sources(self, endpoint: str, sources: Sequence[str]) -> None:
         """Count how the users of one call were scored (a no-op without metrics)."""

@@ -98,34 +98,6 @@ class ItemTable:
         """Number of factors."""
         return int(self.factors.shape[1])
 
-    def score(
-        self,
-        embeddings: torch.Tensor | None,
-        biases: Sequence[float],
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Scores (B, m) of user vectors (B, k) with biases (B,) over every item.
-
-        None for `embeddings` means zero vectors: the item biases alone (the fallback ranking).
-        `out`, a (B, m) float32 buffer, saves allocating (and page-faulting) a fresh one.
-        """
-        if embeddings is None or self.width == 0:
-            if out is None:
-                raw = self.offsets.unsqueeze(0).repeat(len(biases), 1)
-            else:
-                raw = out.copy_(self.offsets.unsqueeze(0).expand(len(biases), -1))
-        elif out is None:
-            raw = torch.addmm(self.offsets, embeddings.to(self.factors.dtype), self.factors_t)
-        else:
-            raw = torch.addmm(
-                self.offsets, embeddings.to(self.factors.dtype), self.factors_t, out=out
-            )
-        if len(biases) == 1:
-            raw += biases[0]
-        else:
-            raw += torch.tensor(biases, dtype=raw.dtype, device=raw.device).unsqueeze(1)
-        return self.transform(raw)
-
     def score_items(
         self, embedding: torch.Tensor, bias: float, items: torch.Tensor
     ) -> torch.Tensor:
@@ -134,17 +106,69 @@ class ItemTable:
         offsets = self.offsets[items] + bias
         return self.transform(offsets if raw is None else raw + offsets)
 
+    def raw_scores(self, embeddings: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw scores (B, m) of user vectors (B, k) over every item, without the users' biases
+        and before the transform (neither changes a row's order): one matrix product, which
+        releases the GIL, so it may run in another thread."""
+        if self.width == 0:
+            return self.fallback_scores(embeddings.shape[0], out)
+        factors_t, offsets = self.factors_t, self.offsets
+        vectors = embeddings.to(factors_t.dtype)
+        if out is None:
+            return torch.addmm(offsets, vectors, factors_t)
+        return torch.addmm(offsets, vectors, factors_t, out=out)
+
+    def fallback_scores(self, rows: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw scores (rows, m) of zero user vectors: the item offsets, in every row."""
+        if out is None:
+            return self.offsets.unsqueeze(0).repeat(rows, 1)
+        return out.copy_(self.offsets.unsqueeze(0).expand(rows, -1))
+
+    def rank(
+        self,
+        embeddings: torch.Tensor | None,
+        rows: int,
+        masks: Masks,
+        k: int,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best raw scores (sorted) and their item indices, per row of user vectors
+        (None: zero vectors), masked items scoring -inf. Only torch calls, which release the
+        GIL: this is the part of a batch that runs in the batcher's thread."""
+        if embeddings is None:
+            raw = self.fallback_scores(rows, out)
+        else:
+            raw = self.raw_scores(embeddings, out)
+        return _topk(masks.apply(raw), min(k, raw.shape[1]))
+
+    def scored_lists(
+        self, values: torch.Tensor, indices: torch.Tensor, biases: Sequence[float]
+    ) -> list[list[tuple[str, float]]]:
+        """(item id, score) lists from `rank`'s raw top values, leaving out masked (-inf)
+        items; each score gets its row's user bias and the model's transform, as in
+        `score_items`."""
+        bias = torch.tensor(biases, dtype=values.dtype, device=values.device).unsqueeze(1)
+        return self._lists(values, self.transform(values + bias), indices)
+
     def top(self, scores: torch.Tensor, n: int) -> list[list[tuple[str, float]]]:
         """The top n (item id, score) pairs of each row, leaving out masked (-inf) items."""
         k = min(n, scores.shape[1])
         if k <= 0:
             return [[] for _ in range(scores.shape[0])]
         values, indices = _topk(scores, k)
+        return self._lists(values, values, indices)
+
+    def _lists(
+        self, ranked: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+    ) -> list[list[tuple[str, float]]]:
+        """Rows of (item id, value) pairs, cut before the first masked (-inf) `ranked` entry."""
         ids = self.item_ids
         result = []
-        for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
-            count = len(row_values)
-            while count and row_values[count - 1] == NEG_INF:
+        for row_ranked, row_values, row_indices in zip(
+            ranked.tolist(), values.tolist(), indices.tolist(), strict=True
+        ):
+            count = len(row_ranked)
+            while count and row_ranked[count - 1] == NEG_INF:
                 count -= 1  # masked items sort last
             result.append(
                 [(ids[i], v) for i, v in zip(row_indices[:count], row_values, strict=False)]
@@ -223,26 +247,40 @@ class ItemIndex:
         return mask
 
 
-def apply_masks(
-    scores: torch.Tensor,
-    excluded: Sequence[IndexArray],
-    allowed: torch.Tensor | None,
-) -> torch.Tensor:
-    """Set excluded items (per row) and items outside `allowed` (all rows) to -inf in place."""
-    if len(excluded) == 1:
-        columns = excluded[0]
-        columns = columns[columns >= 0]
-        if len(columns):
-            scores[0, torch.from_numpy(columns).to(scores.device)] = NEG_INF
-    else:
+@dataclass(frozen=True)
+class Masks:
+    """What a batch's rows leave out: (row, item) pairs, and per row the items outside its tag
+    filter. Built on the event loop; applied where the scores are (see `ItemTable.rank`)."""
+
+    rows: torch.Tensor
+    columns: torch.Tensor
+    blocked: list[tuple[int, torch.Tensor]]
+    """(row, (m,) mask of the items the row's tag filter leaves out)."""
+
+    @classmethod
+    def build(
+        cls,
+        excluded: Sequence[IndexArray],
+        blocked: list[tuple[int, torch.Tensor]],
+        device: torch.device,
+    ) -> Masks:
+        """Masks from each row's excluded item indices (-1 entries are ignored)."""
         rows = np.repeat(np.arange(len(excluded), dtype=np.int64), [len(e) for e in excluded])
         columns = np.concatenate(list(excluded)) if excluded else np.zeros(0, dtype=np.int64)
         keep = columns >= 0
-        if keep.any():
-            scores[
-                torch.from_numpy(rows[keep]).to(scores.device),
-                torch.from_numpy(columns[keep]).to(scores.device),
-            ] = NEG_INF
-    if allowed is not None:
-        scores.masked_fill_(~allowed.unsqueeze(0), NEG_INF)
-    return scores
+        return cls(
+            rows=torch.from_numpy(rows[keep]).to(device),
+            columns=torch.from_numpy(columns[keep]).to(device),
+            blocked=blocked,
+        )
+
+    def apply(self, scores: torch.Tensor) -> torch.Tensor:
+        """Set every masked score to -inf, in place."""
+        if len(self.rows):
+            scores.index_put_((self.rows, self.columns), _NEG_INF_TENSOR)
+        for row, blocked in self.blocked:
+            scores[row].masked_fill_(blocked, NEG_INF)
+        return scores
+
+
+_NEG_INF_TENSOR = torch.tensor(NEG_INF)
