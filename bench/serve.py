@@ -59,7 +59,7 @@ def populate(url: str, n_users: int, n_items: int, mean_ratings: int, seed: int)
     import numpy as np
     from sqlalchemy import insert, update
 
-    from service.db.session import create_db_engine
+    from service.db.session import create_db_engine, refresh_statistics
     from service.db.tables import items, ratings, users
 
     rng = np.random.default_rng(seed)
@@ -128,6 +128,7 @@ def populate(url: str, n_users: int, n_items: int, mean_ratings: int, seed: int)
         connection.execute(
             update(users).where(users.c.id <= CHANGED_USERS).values(history_version=2)
         )
+    refresh_statistics(engine)  # as `mfserve import` does after a load
     engine.dispose()
     return total
 

@@ -6,8 +6,10 @@ Every error response has the shape `{"error": <code>, "detail": <message or list
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any, ClassVar
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -141,4 +143,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_error)
+    # the serving reads use the drivers directly (no SQLAlchemy wrapping)
+    app.add_exception_handler(sqlite3.OperationalError, _database_error)
+    app.add_exception_handler(psycopg.OperationalError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

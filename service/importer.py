@@ -16,7 +16,12 @@ from tqdm import tqdm
 from service.config import Settings
 from service.datasets import DatasetError, fetch_ml100k
 from service.db.migrations import SchemaNotCurrentError, check_schema
-from service.db.session import create_db_engine, make_sessionmaker, transaction
+from service.db.session import (
+    create_db_engine,
+    make_sessionmaker,
+    refresh_statistics,
+    transaction,
+)
 from service.db.upsert import RatingBatch, UpsertCounts, upsert_ratings
 from service.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
 
@@ -234,6 +239,7 @@ def import_file(
                     counts = upsert_ratings(session, batch, now=now)
                 report.add(counts, len(batch))
                 bar.update(len(chunk))
+        refresh_statistics(engine)
     finally:
         engine.dispose()
     report.seconds = time.perf_counter() - started

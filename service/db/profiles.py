@@ -4,6 +4,7 @@ and the item catalog (database ids, external ids, tags) that the serving cache i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 from sqlalchemy import Connection, Engine, func, select
 
+from service.db.notifications import libpq_dsn
 from service.db.tables import items, ratings
 from service.db.tables import users as users_table
 
@@ -78,6 +81,51 @@ class ProfileReader:
         finally:
             connection.close()  # back to the pool
         return _group(rows)
+
+
+class AsyncProfileReader:
+    """Reads user profiles from PostgreSQL on the event loop, through psycopg's async API.
+
+    The loop waits on the socket itself, so a read takes no thread: a thread that waits on the
+    network must take the GIL back from the busy loop after every step of psycopg's protocol,
+    and each such step waited up to the interpreter's switch interval. Keeps up to
+    `connections` open connections (autocommit: one round trip per read); a connection that
+    fails or whose read is cancelled is closed, not reused.
+    """
+
+    def __init__(self, database_url: str, connections: int = 2) -> None:
+        self._dsn = libpq_dsn(database_url)
+        self._sql = PROFILE_SQL.format(condition="= ANY(%s)")
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = connections
+        self._free: asyncio.Semaphore | None = None
+
+    async def read(self, external_ids: Sequence[str]) -> dict[str, UserProfile]:
+        """Profiles of the given users (absent ones are left out), read in one query."""
+        users = list(dict.fromkeys(external_ids))
+        if not users:
+            return {}
+        if self._free is None:
+            self._free = asyncio.Semaphore(self._slots)
+        async with self._free:
+            connection = self._idle.pop() if self._idle else await self._connect()
+            try:
+                cursor = await connection.execute(self._sql, (users,))
+                rows = await cursor.fetchall()
+            except BaseException:
+                await connection.close()
+                raise
+            self._idle.append(connection)
+        return _group(rows)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, connect_timeout=5)
+
+    async def close(self) -> None:
+        """Close the idle connections."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.close()
 
 
 def read_profiles(connection: Connection, external_ids: Sequence[str]) -> dict[str, UserProfile]:

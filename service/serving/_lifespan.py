@@ -11,10 +11,11 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from service.config import Settings
+from service.db.profiles import AsyncProfileReader
 from service.db.session import create_db_engine, normalize_database_url
 from service.metrics_prom import ServiceMetrics
 from service.serving._batcher import Batcher
-from service.serving._requests import ScoreBuffers, batch_function
+from service.serving._requests import ScoreBuffers, batch_function, read_inline
 from service.serving._runtime import ServingRuntime, configure_torch
 
 if TYPE_CHECKING:
@@ -59,10 +60,13 @@ async def serving_runtime(
         runtime = ServingRuntime(settings, engine, state.registry, metrics)
         await anyio.to_thread.run_sync(runtime.refresh_items)
         await anyio.to_thread.run_sync(runtime.warm)
-        read_blocks = engine.dialect.name != "sqlite"
-        runtime.batcher = Batcher(
-            batch_function(runtime.read_profiles, read_blocks, ScoreBuffers())
-        )
+        reader = None
+        if engine.dialect.name == "sqlite":
+            fetch = read_inline(runtime.read_profiles)
+        else:
+            reader = AsyncProfileReader(settings.database_url)
+            fetch = reader.read
+        runtime.batcher = Batcher(batch_function(fetch, ScoreBuffers()))
         state.serving = runtime
         runtime.start()
         try:
@@ -70,5 +74,7 @@ async def serving_runtime(
         finally:
             await runtime.stop()
             await anyio.to_thread.run_sync(runtime.batcher.close)
+            if reader is not None:
+                await reader.close()
     finally:
         engine.dispose()

@@ -408,21 +408,24 @@ async def rank_batch(
     return answers
 
 
-def batch_function(read: ProfileRead, read_blocks: bool, buffers: ScoreBuffers) -> BatchFunction:
-    """The batcher's compute function. `read_blocks`: the profile read waits on the network
-    (PostgreSQL) and goes to the batcher's thread; SQLite's local read runs inline, cheaper
-    than the hop (its row-by-row GIL releases would each wait for the busy loop)."""
+def batch_function(fetch: ProfileFetch, buffers: ScoreBuffers) -> BatchFunction:
+    """The batcher's compute function, reading profiles with `fetch` (on the event loop)."""
 
     async def compute(jobs: Sequence[Any], offload: Offload) -> list[Any]:
-        async def fetch(users: Sequence[str]) -> dict[str, UserProfile]:
-            if not read_blocks:
-                return read(users)
-            found: dict[str, UserProfile] = await offload(read, users)
-            return found
-
         return await rank_batch(jobs, fetch, offload, buffers)
 
     return compute
+
+
+def read_inline(read: ProfileRead) -> ProfileFetch:
+    """A `ProfileFetch` running a blocking read on the event loop: for SQLite's local reads,
+    which cost less than a thread hop (and whose row-by-row GIL releases would each wait for
+    the busy loop in a thread)."""
+
+    async def fetch(users: Sequence[str]) -> dict[str, UserProfile]:
+        return read(users)
+
+    return fetch
 
 
 async def _batched(context: ServingContext, job: RankJob | CallJob) -> Any:
@@ -430,7 +433,7 @@ async def _batched(context: ServingContext, job: RankJob | CallJob) -> Any:
     runtime = context.runtime
     batcher = runtime.batcher
     if batcher is None:
-        compute = batch_function(runtime.read_profiles, False, ScoreBuffers())
+        compute = batch_function(read_inline(runtime.read_profiles), ScoreBuffers())
         answer = (await compute([job], run_inline))[0]
     else:
         answer = await batcher.submit(job)

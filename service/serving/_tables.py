@@ -139,7 +139,7 @@ class ItemTable:
             raw = self.fallback_scores(rows, out)
         else:
             raw = self.raw_scores(embeddings, out)
-        return _topk(masks.apply(raw), min(k, raw.shape[1]))
+        return torch.topk(masks.apply(raw), min(k, raw.shape[1]), dim=1)
 
     def scored_lists(
         self, values: torch.Tensor, indices: torch.Tensor, biases: Sequence[float]
