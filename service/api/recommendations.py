@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from service.api.serving_deps import (
     RuntimeDep,
     json_reply,
+    plain_route,
     query_bool,
     query_doc,
     query_ids,
@@ -98,6 +99,13 @@ async def recommend(request: Request) -> Response:
     result = (await rank_users(runtime.current(), [user], options))[0]
     runtime.count_sources("recommend", [result.source])
     return json_reply(recommendation_payload(result))
+
+
+# The hottest call skips FastAPI's per-request machinery (dependency solving, exit stacks,
+# response handling: about 35 us, a tenth of the call's time on the event loop): a plain
+# Starlette route in front serves it; the APIRoute above stays behind it for the OpenAPI
+# document (and answers 405 for other methods).
+router.routes.insert(0, plain_route("/recommend/{user}", recommend))
 
 
 @router.post(
