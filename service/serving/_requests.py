@@ -30,7 +30,7 @@ from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
 from service.serving._batcher import BatchFunction, Offload, run_inline
 from service.serving._runtime import ModelView, ServingContext
-from service.serving._tables import ItemTable, Masks
+from service.serving._tables import ItemTable
 
 ROWS_PER_BLOCK_ELEMENTS = 4_000_000
 """A batch is scored in blocks of at most this many (user, item) scores, to bound memory."""
@@ -190,13 +190,15 @@ def _history_vector(primary: ModelView, indices: IndexArray, ratings: ValueArray
 
 
 # ----- ranking ------------------------------------------------------------------------------
-def _excluded(view: ModelView, vector: _Vector, options: RecommendOptions) -> IndexArray:
-    parts = [view.table.vocabulary.indices(list(options.exclude))] if options.exclude else []
+def _excluded(view: ModelView, vector: _Vector, options: RecommendOptions) -> set[int]:
+    """The model indices of the items a list leaves out (the ones the model knows)."""
+    left_out: set[int] = set()
+    if options.exclude:
+        left_out.update(view.table.vocabulary.indices(list(options.exclude)).tolist())
     if options.exclude_rated:
-        parts.append(vector.rated_in(view))
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate(parts)
+        left_out.update(vector.rated_in(view).tolist())
+    left_out.discard(-1)
+    return left_out
 
 
 @dataclass(frozen=True)
@@ -260,28 +262,36 @@ async def _rank_rows(
         block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
         for start in range(0, len(members), block):
             chunk = [rows[i] for i in members[start : start + block]]
-            longest = min(max(r.options.n for r in chunk), table.n_items)
+            excluded = [_excluded(r.view, r.vector, r.options) for r in chunk]
+            longest = min(
+                max(
+                    r.options.n + len(left_out) for r, left_out in zip(chunk, excluded, strict=True)
+                ),
+                table.n_items,
+            )
             if longest <= 0:
                 continue
             out = None if buffers is None else buffers.get(table, len(chunk))
             with torch.inference_mode():
                 stacked = None if popular else _stack([r.vector for r in chunk])
-                masks = Masks.build(
-                    [_excluded(r.view, r.vector, r.options) for r in chunk],
-                    [
-                        (j, ~r.view.index.allowed(r.options.tags, table.n_items, table.device))
-                        for j, r in enumerate(chunk)
-                        if r.options.tags
-                    ],
-                    table.device,
-                )
+                blocked = [
+                    (j, ~r.view.index.allowed(r.options.tags, table.n_items, table.device))
+                    for j, r in enumerate(chunk)
+                    if r.options.tags
+                ]
             values, indices = await offload(
-                _rank_in_thread, table, stacked, len(chunk), masks, longest, out
+                _rank_in_thread, table, stacked, len(chunk), blocked, longest, out
             )
             with torch.inference_mode():
-                lists = table.scored_lists(values, indices, [r.vector.bias for r in chunk])
+                lists = table.scored_lists(
+                    values,
+                    indices,
+                    [r.vector.bias for r in chunk],
+                    excluded,
+                    [r.options.n for r in chunk],
+                )
             for i, items in zip(members[start : start + block], lists, strict=True):
-                results[i] = items[: rows[i].options.n]
+                results[i] = items
     return results
 
 
@@ -296,13 +306,13 @@ def _rank_in_thread(
     table: ItemTable,
     embeddings: torch.Tensor | None,
     rows: int,
-    masks: Masks,
+    blocked: Sequence[tuple[int, torch.Tensor]],
     k: int,
     out: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`ItemTable.rank` (in the batcher's thread)."""
     with torch.inference_mode():
-        return table.rank(embeddings, rows, masks, k, out)
+        return table.rank(embeddings, rows, blocked, k, out)
 
 
 Ranked = tuple[list[_Vector], list[list[tuple[str, float]]]]

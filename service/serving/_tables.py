@@ -113,7 +113,9 @@ class ItemTable:
         if self.width == 0:
             return self.fallback_scores(embeddings.shape[0], out)
         factors_t, offsets = self.factors_t, self.offsets
-        vectors = embeddings.to(factors_t.dtype)
+        vectors = (
+            embeddings if embeddings.dtype == factors_t.dtype else embeddings.to(factors_t.dtype)
+        )
         if out is None:
             return torch.addmm(offsets, vectors, factors_t)
         return torch.addmm(offsets, vectors, factors_t, out=out)
@@ -128,27 +130,52 @@ class ItemTable:
         self,
         embeddings: torch.Tensor | None,
         rows: int,
-        masks: Masks,
+        blocked: Sequence[tuple[int, torch.Tensor]],
         k: int,
         out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best raw scores (sorted) and their item indices, per row of user vectors
-        (None: zero vectors), masked items scoring -inf. Only torch calls, which release the
-        GIL: this is the part of a batch that runs in the batcher's thread."""
+        (None: zero vectors); `blocked` items of a row (its tag filter) score -inf.
+
+        This is the part of a batch that runs in the batcher's thread: a matrix product and a
+        `topk`, each of which releases the GIL, and a thread retakes the GIL from the busy
+        event loop after each such call, so they are kept few (exclusions are applied to the
+        lists afterwards, see `scored_lists`).
+        """
         if embeddings is None:
             raw = self.fallback_scores(rows, out)
         else:
             raw = self.raw_scores(embeddings, out)
-        return torch.topk(masks.apply(raw), min(k, raw.shape[1]), dim=1)
+        for row, mask in blocked:
+            raw[row].masked_fill_(mask, NEG_INF)
+        return torch.topk(raw, min(k, raw.shape[1]), dim=1)
 
     def scored_lists(
-        self, values: torch.Tensor, indices: torch.Tensor, biases: Sequence[float]
+        self,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        biases: Sequence[float],
+        excluded: Sequence[set[int]],
+        lengths: Sequence[int],
     ) -> list[list[tuple[str, float]]]:
-        """(item id, score) lists from `rank`'s raw top values, leaving out masked (-inf)
-        items; each score gets its row's user bias and the model's transform, as in
-        `score_items`."""
+        """(item id, score) lists from `rank`'s raw top values: each row's excluded item
+        indices and blocked (-inf) items left out, cut at its length; each score gets its row's
+        user bias and the model's transform, as in `score_items`."""
         bias = torch.tensor(biases, dtype=values.dtype, device=values.device).unsqueeze(1)
-        return self._lists(values, self.transform(values + bias), indices)
+        scores = self.transform(values + bias)
+        ids = self.item_ids
+        result = []
+        for row_raw, row_scores, row_indices, left_out, length in zip(
+            values.tolist(), scores.tolist(), indices.tolist(), excluded, lengths, strict=True
+        ):
+            items: list[tuple[str, float]] = []
+            for raw, score, index in zip(row_raw, row_scores, row_indices, strict=True):
+                if len(items) == length or raw == NEG_INF:
+                    break
+                if index not in left_out:
+                    items.append((ids[index], score))
+            result.append(items)
+        return result
 
     def top(self, scores: torch.Tensor, n: int) -> list[list[tuple[str, float]]]:
         """The top n (item id, score) pairs of each row, leaving out masked (-inf) items."""
@@ -245,42 +272,3 @@ class ItemIndex:
                 carrying[torch.as_tensor(found, device=device)] = True
             mask &= carrying
         return mask
-
-
-@dataclass(frozen=True)
-class Masks:
-    """What a batch's rows leave out: (row, item) pairs, and per row the items outside its tag
-    filter. Built on the event loop; applied where the scores are (see `ItemTable.rank`)."""
-
-    rows: torch.Tensor
-    columns: torch.Tensor
-    blocked: list[tuple[int, torch.Tensor]]
-    """(row, (m,) mask of the items the row's tag filter leaves out)."""
-
-    @classmethod
-    def build(
-        cls,
-        excluded: Sequence[IndexArray],
-        blocked: list[tuple[int, torch.Tensor]],
-        device: torch.device,
-    ) -> Masks:
-        """Masks from each row's excluded item indices (-1 entries are ignored)."""
-        rows = np.repeat(np.arange(len(excluded), dtype=np.int64), [len(e) for e in excluded])
-        columns = np.concatenate(list(excluded)) if excluded else np.zeros(0, dtype=np.int64)
-        keep = columns >= 0
-        return cls(
-            rows=torch.from_numpy(rows[keep]).to(device),
-            columns=torch.from_numpy(columns[keep]).to(device),
-            blocked=blocked,
-        )
-
-    def apply(self, scores: torch.Tensor) -> torch.Tensor:
-        """Set every masked score to -inf, in place."""
-        if len(self.rows):
-            scores.index_put_((self.rows, self.columns), _NEG_INF_TENSOR)
-        for row, blocked in self.blocked:
-            scores[row].masked_fill_(blocked, NEG_INF)
-        return scores
-
-
-_NEG_INF_TENSOR = torch.tensor(NEG_INF)
