@@ -73,7 +73,8 @@ def run_api(
         )
         import os as _os
         import sys as _sys
-        _sys.setswitchinterval(float(_os.environ.get('X_SWITCH', '0.005')))
+
+        _sys.setswitchinterval(float(_os.environ.get("X_SWITCH", "0.005")))
         server = uvicorn.Server(config)
         server.run()
         return 0 if server.started else 1

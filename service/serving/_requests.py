@@ -263,22 +263,17 @@ async def _rank_rows(
         for start in range(0, len(members), block):
             chunk = [rows[i] for i in members[start : start + block]]
             excluded = [_excluded(r.view, r.vector, r.options) for r in chunk]
-            longest = min(
-                max(
-                    r.options.n + len(left_out) for r, left_out in zip(chunk, excluded, strict=True)
-                ),
-                table.n_items,
-            )
-            if longest <= 0:
-                continue
             out = None if buffers is None else buffers.get(table, len(chunk))
             with torch.inference_mode():
                 stacked = None if popular else _stack([r.vector for r in chunk])
-                blocked = [
-                    (j, ~r.view.index.allowed(r.options.tags, table.n_items, table.device))
-                    for j, r in enumerate(chunk)
-                    if r.options.tags
-                ]
+                blocked = _blocked(chunk, excluded, table)
+            wanted = (
+                r.options.n + (0 if len(left) > EXCLUDED_AFTER_TOPK else len(left))
+                for r, left in zip(chunk, excluded, strict=True)
+            )
+            longest = min(max(wanted), table.n_items)
+            if longest <= 0:
+                continue
             values, indices = await offload(
                 _rank_in_thread, table, stacked, len(chunk), blocked, longest, out
             )
@@ -293,6 +288,30 @@ async def _rank_rows(
             for i, items in zip(members[start : start + block], lists, strict=True):
                 results[i] = items
     return results
+
+
+EXCLUDED_AFTER_TOPK = 200
+"""A row leaving out at most this many items takes that many more from `topk` and drops them
+from its list; a row leaving out more (a long history) masks them before `topk` instead."""
+
+
+def _blocked(
+    chunk: Sequence[_Row], excluded: Sequence[set[int]], table: ItemTable
+) -> list[tuple[int, torch.Tensor]]:
+    """Per row, the (m,) mask of the items to score -inf before `topk`: those outside its tag
+    filter, and its exclusions when they are too many to drop afterwards."""
+    blocked = []
+    for j, (row, left_out) in enumerate(zip(chunk, excluded, strict=True)):
+        mask = None
+        if row.options.tags:
+            mask = ~row.view.index.allowed(row.options.tags, table.n_items, table.device)
+        if len(left_out) > EXCLUDED_AFTER_TOPK:
+            if mask is None:
+                mask = torch.zeros(table.n_items, dtype=torch.bool, device=table.device)
+            mask[torch.tensor(sorted(left_out), device=table.device)] = True
+        if mask is not None:
+            blocked.append((j, mask))
+    return blocked
 
 
 def _stack(vectors: Sequence[_Vector]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from service.app import create_app
 from service.config import Settings
 from service.registry import ServedModel
+from service.serving import _requests as serving_requests
 from tests.api.serving_setup import (
     N_ITEMS,
     item_tags,
@@ -85,6 +86,57 @@ def test_exclude_ids_are_left_out_and_unknown_ones_ignored(
     ).json()
     rated, _ = user_history(serving_client, "u3")
     assert _items(reply) == _offline_top(served, "u3", {*rated, first[0], first[1]}, 3)
+
+
+@pytest.mark.parametrize("limit", [0, 14])
+def test_long_exclusion_lists_are_masked_before_topk_with_the_same_answer(
+    serving_client: TestClient, served: ServedModel, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Rows leaving out more than EXCLUDED_AFTER_TOPK items are masked before `topk` (0: all
+    of them; 14: some rows of the batch each way, about half the users rate 15 or more)."""
+    monkeypatch.setattr(serving_requests, "EXCLUDED_AFTER_TOPK", limit)
+    users = [f"u{u}" for u in range(12)]
+    reply = serving_client.post("/recommend/batch", json={"users": users, "n": 6}).json()
+    sizes = set()
+    for user, result in zip(users, reply["results"], strict=True):
+        rated, _ = user_history(serving_client, user)
+        sizes.add(len(rated) > limit)
+        assert _items(result) == _offline_top(served, user, set(rated), 6), user
+    if limit:
+        assert sizes == {True, False}  # both paths in one batch
+    single = serving_client.get("/recommend/u3?n=4&exclude=i0").json()
+    rated, _ = user_history(serving_client, "u3")
+    assert _items(single) == _offline_top(served, "u3", {*rated, "i0"}, 4)
+
+
+def _break_database(engine: Engine) -> None:
+    """Make the next serving read fail at the driver: SQLite loses the ratings table; on
+    PostgreSQL every other connection is terminated."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("ALTER TABLE ratings RENAME TO ratings_away")
+        else:
+            connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+def test_a_failed_serving_read_is_503_and_the_next_one_recovers(
+    serving_client: TestClient, served: ServedModel, serving_db: Engine
+) -> None:
+    assert serving_client.get("/recommend/u3").status_code == 200  # connections are open
+    _break_database(serving_db)
+    failed = serving_client.get("/recommend/u3")
+    assert failed.status_code == 503
+    assert failed.json()["error"] == "unavailable"
+    if serving_db.dialect.name == "sqlite":
+        with serving_db.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE ratings_away RENAME TO ratings")
+    reply = serving_client.get("/recommend/u3?n=5")
+    assert reply.status_code == 200
+    rated, _ = user_history(serving_client, "u3")
+    assert _items(reply.json()) == _offline_top(served, "u3", set(rated), 5)
 
 
 def test_tags_keep_only_items_carrying_every_tag(

@@ -1,0 +1,123 @@
+"""The serving batcher: jobs of one loop pass run together, failures stay with their jobs,
+blocking steps run in its thread, and at most two batches are under way at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from service.serving._batcher import MAX_BATCHES_IN_FLIGHT, Batcher, Offload
+
+
+class Recorder:
+    """A batch function that records its batches and answers each payload doubled."""
+
+    def __init__(self, hold: asyncio.Event | None = None) -> None:
+        self.batches: list[list[Any]] = []
+        self.threads: list[str] = []
+        self.running = 0
+        self.most_running = 0
+        self.hold = hold
+
+    async def __call__(self, payloads: Sequence[Any], offload: Offload) -> list[Any]:
+        self.batches.append(list(payloads))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            self.threads.append(await offload(lambda: threading.current_thread().name))
+            answers: list[Any] = []
+            for payload in payloads:
+                if payload == "boom":
+                    answers.append(ValueError("bad payload"))
+                elif payload == "crash":
+                    raise RuntimeError("the whole batch failed")
+                else:
+                    answers.append(payload * 2)
+            return answers
+        finally:
+            self.running -= 1
+
+
+def test_jobs_of_one_loop_pass_run_as_one_batch_in_order() -> None:
+    async def scenario() -> tuple[list[Any], Recorder]:
+        compute = Recorder()
+        batcher = Batcher(compute)
+        try:
+            answers = await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        finally:
+            batcher.close()
+        return answers, compute
+
+    answers, compute = asyncio.run(scenario())
+    assert answers == [0, 2, 4, 6, 8]
+    assert compute.batches == [[0, 1, 2, 3, 4]]
+    assert compute.threads == ["mfserve-scoring_0"]
+
+
+def test_an_exception_answer_fails_only_its_job_and_a_failed_batch_only_its_jobs() -> None:
+    async def scenario() -> None:
+        batcher = Batcher(Recorder())
+        try:
+            first = await asyncio.gather(
+                batcher.submit(1),
+                batcher.submit("boom"),
+                batcher.submit(3),
+                return_exceptions=True,
+            )
+            assert first[0] == 2
+            assert first[2] == 6
+            assert isinstance(first[1], ValueError)
+            with pytest.raises(RuntimeError, match="whole batch"):
+                await batcher.submit("crash")
+            assert await batcher.submit(4) == 8  # the batcher goes on after a failed batch
+        finally:
+            batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_leaves_the_others_of_its_batch_answered() -> None:
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        batcher = Batcher(Recorder(hold))
+        try:
+            gone = asyncio.ensure_future(batcher.submit(1))
+            kept = asyncio.ensure_future(batcher.submit(2))
+            await asyncio.sleep(0.01)  # both are in the held batch
+            gone.cancel()
+            hold.set()
+            assert await kept == 4
+            assert gone.cancelled()
+            assert await batcher.submit(5) == 10
+        finally:
+            batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_jobs_arriving_while_batches_run_wait_for_a_free_slot() -> None:
+    async def scenario() -> Recorder:
+        hold = asyncio.Event()
+        compute = Recorder(hold)
+        batcher = Batcher(compute)
+        try:
+            waves = []
+            for wave in range(4):  # one loop pass each
+                waves.append(asyncio.ensure_future(batcher.submit(wave)))
+                await asyncio.sleep(0.01)
+            assert len(compute.batches) == MAX_BATCHES_IN_FLIGHT
+            hold.set()
+            assert await asyncio.gather(*waves) == [0, 2, 4, 6]
+        finally:
+            batcher.close()
+        return compute
+
+    compute = asyncio.run(scenario())
+    assert compute.most_running == MAX_BATCHES_IN_FLIGHT
+    assert compute.batches == [[0], [1], [2, 3]]
