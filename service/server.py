@@ -71,10 +71,6 @@ def run_api(
             port=port or settings.port,
             log_level=settings.log_level,
         )
-        import os as _os
-        import sys as _sys
-
-        _sys.setswitchinterval(float(_os.environ.get("X_SWITCH", "0.005")))
         server = uvicorn.Server(config)
         server.run()
         return 0 if server.started else 1
