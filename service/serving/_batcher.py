@@ -1,17 +1,17 @@
 """Micro-batching of the scoring work of concurrent requests.
 
-Every ranking call of the serving routes becomes a job. A batch runs on the event loop, one at a
-time: the first job starts one at the end of the current loop pass (so the requests that arrived
-together go together), and the jobs that arrive while it runs wait for the next one. One batch
-costs one database read and one matrix product and `topk` per item table, instead of one per
-request.
+Every ranking call of the serving routes becomes a job. Batches run on the event loop: the
+first job of a loop pass launches one at the end of the pass (so the requests that arrived
+together go together); at most `MAX_BATCHES_IN_FLIGHT` are under way, and jobs arriving
+meanwhile wait for a free slot. One batch costs one database read and one matrix product and
+`topk` per item table, instead of one per request.
 
-A batch hands its blocking, GIL-free steps to one dedicated thread with `offload`: the matrix
-product (torch releases the GIL for it) and the database read. Only those go:
-every call into a thread must take the GIL back when it returns, and a thread waiting for the
-GIL while the loop is busy waits up to the interpreter's switch interval, so Python work moved
-to a thread costs more than it saves. The loop keeps parsing HTTP on one core while the product
-runs on the other.
+A batch hands its heavy, GIL-free step to one dedicated thread with `offload`: the matrix
+product and `topk` (torch releases the GIL while they compute). Nothing else goes there: every
+call into a thread must take the GIL back when it returns, and a thread waiting for the GIL
+while the loop is busy waits up to the interpreter's switch interval, so Python work moved to a
+thread costs more than it saves. The loop keeps parsing HTTP on one core while the product runs
+on the other.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from service.api.state import ServiceState
 
 POOL_SIZE = 16
-"""Connections the serving engine keeps open (opened on demand): enough for the scoring thread,
-the routes that read through the thread pool, and the catalog refresh, without closing and
-reopening overflow connections under load."""
+"""Connections the serving engine keeps open (opened on demand): enough for SQLite's serving
+reads, the routes that read through the thread pool, and the catalog refresh, without closing
+and reopening overflow connections under load."""
 
 POOL_OVERFLOW = 32
 """Extra connections it may open under a burst of concurrent requests."""

@@ -101,7 +101,8 @@ class ServingRuntime:
 
     # ----- database reads --------------------------------------------------------------------
     def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
-        """Profiles of users in one query (blocking: the scoring thread calls it)."""
+        """Profiles of users in one query (blocking; SQLite's serving reads run it on the
+        event loop, PostgreSQL's go through `AsyncProfileReader`)."""
         return self._profiles.read(users) if users else {}
 
     def refresh_items(self, force: bool = False) -> bool:
