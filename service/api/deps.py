@@ -64,20 +64,22 @@ async def read_json_body(request: Request) -> object:
 JsonBodyDep = Annotated[object, Depends(read_json_body)]
 
 
+def checked_id(value: str, field: str) -> str:
+    """The external id, checked like ids in a rating (422 naming `field` otherwise)."""
+    problem = check_external_id(value)
+    if problem is not None:
+        raise InvalidInputError([{"field": field, "message": problem}])
+    return value
+
+
 def user_path(user: Annotated[str, Path(description="external user id")]) -> str:
     """The user id from the path, checked like ids in a rating."""
-    problem = check_external_id(user)
-    if problem is not None:
-        raise InvalidInputError([{"field": "user", "message": problem}])
-    return user
+    return checked_id(user, "user")
 
 
 def item_path(item: Annotated[str, Path(description="external item id")]) -> str:
     """The item id from the path, checked like ids in a rating."""
-    problem = check_external_id(item)
-    if problem is not None:
-        raise InvalidInputError([{"field": "item", "message": problem}])
-    return item
+    return checked_id(item, "item")
 
 
 UserPath = Annotated[str, Depends(user_path)]

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.deps import checked_id
 from service.api.serving_deps import (
     RuntimeDep,
     json_reply,
@@ -26,7 +27,6 @@ from service.api.serving_schemas import (
     RecommendationOut,
 )
 from service.errors import InvalidInputError
-from service.ingest import check_external_id
 from service.serving import (
     Recommendation,
     RecommendOptions,
@@ -84,10 +84,7 @@ async def recommend(request: Request) -> Response:
     Parameters are parsed by hand: FastAPI's parameter machinery costs more than the scoring.
     """
     runtime = runtime_of(request)
-    user = request.path_params["user"]
-    problem = check_external_id(user)
-    if problem is not None:
-        raise InvalidInputError([{"field": "user", "message": problem}])
+    user = checked_id(request.path_params["user"], "user")
     n = query_int(request, "n", 10)
     check_n(n, runtime.settings.max_recommendations, "query.n")
     options = RecommendOptions(

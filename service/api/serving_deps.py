@@ -11,11 +11,11 @@ from fastapi.responses import Response
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
+from service.api.deps import checked_id
 from service.api.serving_schemas import HistoryEntry
 from service.api.state import ServiceState
 from service.config import Settings
 from service.errors import InvalidInputError, ServiceUnavailableError
-from service.ingest import check_external_id
 from service.serving import History, ServingRuntime, read_history
 
 
@@ -25,32 +25,17 @@ async def get_runtime(request: Request) -> ServingRuntime:
     Async on purpose, like every dependency of the serving routes: FastAPI runs plain `def`
     dependencies in the thread pool, a hop that costs more than a whole recommendation.
     """
-    runtime = cast(ServiceState, request.state.service).serving
-    if runtime is None:
-        raise ServiceUnavailableError("serving is not running in this process")
-    return runtime
+    return runtime_of(request)
 
 
 RuntimeDep = Annotated[ServingRuntime, Depends(get_runtime)]
 
 
-async def serving_user_path(user: Annotated[str, Path(description="external user id")]) -> str:
-    """The user id from the path, checked like ids in a rating (without a thread hop)."""
-    problem = check_external_id(user)
-    if problem is not None:
-        raise InvalidInputError([{"field": "user", "message": problem}])
-    return user
-
-
 async def serving_item_path(item: Annotated[str, Path(description="external item id")]) -> str:
     """The item id from the path, checked like ids in a rating (without a thread hop)."""
-    problem = check_external_id(item)
-    if problem is not None:
-        raise InvalidInputError([{"field": "item", "message": problem}])
-    return item
+    return checked_id(item, "item")
 
 
-UserId = Annotated[str, Depends(serving_user_path)]
 ItemId = Annotated[str, Depends(serving_item_path)]
 
 
@@ -94,12 +79,7 @@ def query_bool(request: Request, name: str, default: bool) -> bool:
 
 def query_ids(request: Request, name: str) -> tuple[str, ...]:
     """A repeatable query parameter of ids (each checked like ids in a rating)."""
-    values = tuple(request.query_params.getlist(name))
-    for value in values:
-        problem = check_external_id(value)
-        if problem is not None:
-            raise InvalidInputError([{"field": f"query.{name}", "message": problem}])
-    return values
+    return tuple(checked_id(value, f"query.{name}") for value in request.query_params.getlist(name))
 
 
 def query_doc(

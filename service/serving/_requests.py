@@ -413,23 +413,24 @@ async def rank_batch(
     answers: list[Any] = []
     spans: list[tuple[int, int, list[_Vector]] | None] = []
     rows: list[_Row] = []
-    for job, profiles in zip(jobs, await read_batch_profiles(jobs, read), strict=True):
-        spans.append(None)
-        if isinstance(profiles, Exception):
-            answers.append(profiles)
-            continue
-        try:
-            with torch.inference_mode():
+    batch_profiles = await read_batch_profiles(jobs, read)
+    with torch.inference_mode():  # no await below: the mode ends before other requests run
+        for job, profiles in zip(jobs, batch_profiles, strict=True):
+            spans.append(None)
+            if isinstance(profiles, Exception):
+                answers.append(profiles)
+                continue
+            try:
                 if isinstance(job, CallJob):
                     answers.append(job.run(profiles))
                     continue
                 vectors = job.vectors(profiles)
-        except Exception as error:  # only this request fails
-            answers.append(error)
-            continue
-        answers.append(None)  # replaced below
-        spans[-1] = (len(rows), len(rows) + len(vectors), vectors)
-        rows.extend(_rows(job.context, vectors, job.options))
+            except Exception as error:  # only this request fails
+                answers.append(error)
+                continue
+            answers.append(None)  # replaced below
+            spans[-1] = (len(rows), len(rows) + len(vectors), vectors)
+            rows.extend(_rows(job.context, vectors, job.options))
     ranked = await _rank_rows(rows, offload, buffers) if rows else []
     for i, span in enumerate(spans):
         if span is not None:

@@ -162,20 +162,7 @@ class ItemTable:
         indices and blocked (-inf) items left out, cut at its length; each score gets its row's
         user bias and the model's transform, as in `score_items`."""
         bias = torch.tensor(biases, dtype=values.dtype, device=values.device).unsqueeze(1)
-        scores = self.transform(values + bias)
-        ids = self.item_ids
-        result = []
-        for row_raw, row_scores, row_indices, left_out, length in zip(
-            values.tolist(), scores.tolist(), indices.tolist(), excluded, lengths, strict=True
-        ):
-            items: list[tuple[str, float]] = []
-            for raw, score, index in zip(row_raw, row_scores, row_indices, strict=True):
-                if len(items) == length or raw == NEG_INF:
-                    break
-                if index not in left_out:
-                    items.append((ids[index], score))
-            result.append(items)
-        return result
+        return self._lists(values, self.transform(values + bias), indices, excluded, lengths)
 
     def top(self, scores: torch.Tensor, n: int) -> list[list[tuple[str, float]]]:
         """The top n (item id, score) pairs of each row, leaving out masked (-inf) items."""
@@ -183,23 +170,31 @@ class ItemTable:
         if k <= 0:
             return [[] for _ in range(scores.shape[0])]
         values, indices = _topk(scores, k)
-        return self._lists(values, values, indices)
+        rows = scores.shape[0]
+        return self._lists(values, values, indices, [set()] * rows, [k] * rows)
 
     def _lists(
-        self, ranked: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+        self,
+        ranked: torch.Tensor,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        excluded: Sequence[set[int]],
+        lengths: Sequence[int],
     ) -> list[list[tuple[str, float]]]:
-        """Rows of (item id, value) pairs, cut before the first masked (-inf) `ranked` entry."""
+        """Rows of (item id, value) pairs in `ranked` order: each row's excluded indices left
+        out, cut at its length or at the first masked (-inf) `ranked` entry."""
         ids = self.item_ids
         result = []
-        for row_ranked, row_values, row_indices in zip(
-            ranked.tolist(), values.tolist(), indices.tolist(), strict=True
+        for row_ranked, row_values, row_indices, left_out, length in zip(
+            ranked.tolist(), values.tolist(), indices.tolist(), excluded, lengths, strict=True
         ):
-            count = len(row_ranked)
-            while count and row_ranked[count - 1] == NEG_INF:
-                count -= 1  # masked items sort last
-            result.append(
-                [(ids[i], v) for i, v in zip(row_indices[:count], row_values, strict=False)]
-            )
+            items: list[tuple[str, float]] = []
+            for raw, value, index in zip(row_ranked, row_values, row_indices, strict=True):
+                if len(items) == length or raw == NEG_INF:
+                    break
+                if index not in left_out:
+                    items.append((ids[index], value))
+            result.append(items)
         return result
 
 
