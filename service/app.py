@@ -65,6 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
             admin.router,
         )
     )
+    # In front of everything, FastAPI's documentation routes included: matched first, once.
+    app.router.routes[:0] = recommendations.HOT_ROUTES
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(

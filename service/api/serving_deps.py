@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, cast
+from urllib.parse import unquote_plus
 
 import orjson
 from fastapi import Depends, Path, Request
@@ -51,9 +52,42 @@ _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
-def query_int(request: Request, name: str, default: int) -> int:
+QueryArgs = dict[str, list[str]]
+"""A request's query parameters by name, every value of a repeated name in order."""
+
+
+def query_args(request: Request) -> QueryArgs:
+    """The request's query parameters, parsed like Starlette's `request.query_params`
+    (`&`-separated, `+` and `%XX` decoded as UTF-8, blank values kept).
+
+    A plain query string such as `n=10` needs no decoding and is split directly: Starlette's
+    parser costs about 4 us per request, as much as the rest of the parameter handling.
+    """
+    raw: bytes = request.scope["query_string"]
+    args: QueryArgs = {}
+    if not raw:
+        return args
+    text = raw.decode("latin-1")
+    encoded = "%" in text or "+" in text
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if encoded:
+            name = unquote_plus(name, errors="replace")
+            value = unquote_plus(value, errors="replace")
+        args.setdefault(name, []).append(value)
+    return args
+
+
+def _last(args: QueryArgs, name: str) -> str | None:
+    values = args.get(name)
+    return None if values is None else values[-1]
+
+
+def query_int(args: QueryArgs, name: str, default: int) -> int:
     """An integer query parameter (422 naming it when it is not one)."""
-    raw = request.query_params.get(name)
+    raw = _last(args, name)
     if raw is None:
         return default
     try:
@@ -64,9 +98,9 @@ def query_int(request: Request, name: str, default: int) -> int:
         ) from None
 
 
-def query_bool(request: Request, name: str, default: bool) -> bool:
+def query_bool(args: QueryArgs, name: str, default: bool) -> bool:
     """A boolean query parameter: true/false, 1/0, yes/no, on/off (422 naming it otherwise)."""
-    raw = request.query_params.get(name)
+    raw = _last(args, name)
     if raw is None:
         return default
     lowered = raw.lower()
@@ -77,9 +111,9 @@ def query_bool(request: Request, name: str, default: bool) -> bool:
     raise InvalidInputError([{"field": f"query.{name}", "message": "must be a boolean"}])
 
 
-def query_ids(request: Request, name: str) -> tuple[str, ...]:
+def query_ids(args: QueryArgs, name: str) -> tuple[str, ...]:
     """A repeatable query parameter of ids (each checked like ids in a rating)."""
-    return tuple(checked_id(value, f"query.{name}") for value in request.query_params.getlist(name))
+    return tuple(checked_id(value, f"query.{name}") for value in args.get(name, ()))
 
 
 def query_doc(

@@ -10,7 +10,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
 
+from service.api.serving_deps import query_args
 from service.app import create_app
 from service.config import Settings
 from service.registry import ServedModel
@@ -194,6 +197,43 @@ def test_bad_query_values_are_422_naming_the_field(
     response = serving_client.get(f"/recommend/{long_id}")
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "user"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"n=10", b"tag=a&tag=b%20c&exclude=x+y", b"a&b=&=c&&n=1&n=2", b"x=%E2%82%AC&y=%ZZ&z=%C3"],
+)
+def test_query_strings_parse_like_starlette(query: bytes) -> None:
+    theirs: dict[str, list[str]] = {}
+    for name, value in QueryParams(query).multi_items():
+        theirs.setdefault(name, []).append(value)
+    assert query_args(Request({"type": "http", "query_string": query})) == theirs
+
+
+def test_encoded_and_repeated_query_values_reach_the_ranking(
+    serving_client: TestClient, served: ServedModel
+) -> None:
+    base = _items(serving_client.get("/recommend/u5?n=5").json())
+    encoded = f"%{ord(base[1][0]):X}{base[1][1:]}"  # the id's first character %-encoded
+    query = f"n=9&exclude={base[0]}&exclude={encoded}&n=3"
+    reply = serving_client.get(f"/recommend/u5?{query}").json()
+    assert _items(reply) == base[2:5]
+    response = serving_client.get("/recommend/u5?n=4&n=x")
+    assert response.status_code == 422  # the last value counts, as in Starlette
+    assert response.json()["detail"][0]["field"] == "query.n"
+
+
+def test_recommend_route_is_documented_and_other_methods_are_405(
+    serving_client: TestClient, served: ServedModel
+) -> None:
+    document = serving_client.get("/openapi.json").json()
+    parameters = document["paths"]["/recommend/{user}"]["get"]["parameters"]
+    assert {p["name"] for p in parameters} == {"user", "n", "exclude_rated", "exclude", "tag"}
+    for method in ("POST", "PUT", "DELETE"):
+        response = serving_client.request(method, "/recommend/u3")
+        assert response.status_code == 405, method
+        assert response.json()["error"] == "method_not_allowed"
+    assert serving_client.post("/recommend/batch", json={"users": ["u3"]}).status_code == 200
 
 
 def test_unknown_user_gets_the_popular_fallback(
