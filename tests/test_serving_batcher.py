@@ -8,29 +8,40 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
-
-from service.serving._batcher import MAX_BATCHES_IN_FLIGHT, Batcher, Offload
+from service.serving._batcher import MAX_BATCHES_IN_FLIGHT, Batcher, BatchPlan, run_inline
 
 
 class Recorder:
-    """A batch function that records its batches and answers each payload doubled."""
+    """A batch function that records its batches and where their steps ran, and answers each
+    payload doubled."""
 
     def __init__(self, hold: asyncio.Event | None = None) -> None:
         self.batches: list[list[Any]] = []
         self.threads: list[str] = []
+        self.finished_on: list[str] = []
         self.running = 0
         self.most_running = 0
         self.hold = hold
 
-    async def __call__(self, payloads: Sequence[Any], offload: Offload) -> list[Any]:
+    async def __call__(self, payloads: Sequence[Any]) -> BatchPlan:
         self.batches.append(list(payloads))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
-        try:
-            if self.hold is not None:
-                await self.hold.wait()
-            self.threads.append(await offload(lambda: threading.current_thread().name))
+        if self.hold is not None:
+            await self.hold.wait()
+        if "prepare-crash" in payloads:
+            self.running -= 1
+            raise RuntimeError("the preparation failed")
+
+        def work() -> str:
+            if "work-crash" in payloads:
+                raise RuntimeError("the thread's work failed")
+            return threading.current_thread().name
+
+        def finish(thread: str) -> list[Any]:
+            self.running -= 1
+            self.threads.append(thread)
+            self.finished_on.append(threading.current_thread().name)
             answers: list[Any] = []
             for payload in payloads:
                 if payload == "boom":
@@ -40,8 +51,8 @@ class Recorder:
                 else:
                     answers.append(payload * 2)
             return answers
-        finally:
-            self.running -= 1
+
+        return BatchPlan(work, finish)
 
 
 def test_jobs_of_one_loop_pass_run_as_one_batch_in_order() -> None:
@@ -58,6 +69,7 @@ def test_jobs_of_one_loop_pass_run_as_one_batch_in_order() -> None:
     assert answers == [0, 2, 4, 6, 8]
     assert compute.batches == [[0, 1, 2, 3, 4]]
     assert compute.threads == ["mfserve-scoring_0"]
+    assert compute.finished_on == [threading.current_thread().name]  # the loop's thread
 
 
 def test_an_exception_answer_fails_only_its_job_and_a_failed_batch_only_its_jobs() -> None:
@@ -73,9 +85,18 @@ def test_an_exception_answer_fails_only_its_job_and_a_failed_batch_only_its_jobs
             assert first[0] == 2
             assert first[2] == 6
             assert isinstance(first[1], ValueError)
-            with pytest.raises(RuntimeError, match="whole batch"):
-                await batcher.submit("crash")
-            assert await batcher.submit(4) == 8  # the batcher goes on after a failed batch
+            for failing, message in [
+                ("crash", "whole batch"),
+                ("work-crash", "thread's work"),
+                ("prepare-crash", "preparation"),
+            ]:
+                failed = await asyncio.gather(
+                    batcher.submit(failing), batcher.submit(7), return_exceptions=True
+                )
+                for answer in failed:
+                    assert isinstance(answer, RuntimeError)
+                    assert message in str(answer)
+                assert await batcher.submit(4) == 8  # the batcher goes on after a failed batch
         finally:
             batcher.close()
 
@@ -121,3 +142,13 @@ def test_jobs_arriving_while_batches_run_wait_for_a_free_slot() -> None:
     compute = asyncio.run(scenario())
     assert compute.most_running == MAX_BATCHES_IN_FLIGHT
     assert compute.batches == [[0], [1], [2, 3]]
+
+
+def test_a_plan_runs_inline_without_a_batcher() -> None:
+    async def scenario() -> list[Any]:
+        return run_inline(await Recorder()([1, "boom", 3]))
+
+    answers = asyncio.run(scenario())
+    assert answers[0] == 2
+    assert isinstance(answers[1], ValueError)
+    assert answers[2] == 6

@@ -1,23 +1,30 @@
 """Micro-batching of the scoring work of concurrent requests.
 
-Every ranking call of the serving routes becomes a job. Batches run on the event loop: the
-first job of a loop pass launches one at the end of the pass (so the requests that arrived
+Every ranking call of the serving routes becomes a job. Batches are prepared on the event loop:
+the first job of a loop pass launches one at the end of the pass (so the requests that arrived
 together go together); at most `MAX_BATCHES_IN_FLIGHT` are under way, and jobs arriving
 meanwhile wait for a free slot. One batch costs one database read and one matrix product and
 `topk` per item table, instead of one per request.
 
-A batch hands its heavy, GIL-free step to one dedicated thread with `offload`: the matrix
-product and `topk` (torch releases the GIL while they compute). Nothing else goes there: every
-call into a thread must take the GIL back when it returns, and a thread waiting for the GIL
-while the loop is busy waits up to the interpreter's switch interval, so Python work moved to a
-thread costs more than it saves. The loop keeps parsing HTTP on one core while the product runs
-on the other.
+A batch function prepares a `BatchPlan`: its heavy, GIL-free `work` (the matrix products and
+`topk`s: torch releases the GIL while they compute) runs in one dedicated thread, and its
+`finish` turns the result into the requests' answers back on the loop. Nothing else goes to the
+thread: every call into a thread must take the GIL back when it returns, and a thread waiting
+for the GIL while the loop is busy waits up to the interpreter's switch interval, so Python
+work moved to a thread costs more than it saves. The loop keeps parsing HTTP on one core while
+the product runs on the other.
+
+The thread hands its result back with one `call_soon_threadsafe` that runs `finish` and
+answers the requests directly: awaiting the thread from a coroutine would take two more loop
+passes (one to complete an asyncio future, one to resume the coroutine waiting on it), each as
+long as the work of every request that is ready in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -40,22 +47,35 @@ class Job(Generic[T]):
     future: asyncio.Future[T]
 
 
-Offload = Callable[..., Awaitable[Any]]
-"""`await offload(function, *args)`: the function's result, computed in the batcher's thread."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """What is left of a prepared batch: `work`, run in the batcher's thread (None: nothing to
+    run there), and `finish`, which turns its result into one answer per payload on the event
+    loop (an exception instance fails only that payload's request)."""
 
-BatchFunction = Callable[[Sequence[Any], Offload], Awaitable[list[Any]]]
-"""Computes the answers of a batch of payloads, one per payload (an exception instance fails
-only that payload's request); blocking steps go through the given `Offload`."""
+    work: Callable[[], Any] | None
+    finish: Callable[[Any], list[Any]]
 
 
-async def run_inline(function: Callable[..., T], *args: Any) -> T:
-    """An `Offload` that runs the function where it is called (tools without a thread)."""
-    return function(*args)
+BatchFunction = Callable[[Sequence[Any]], Awaitable[BatchPlan]]
+"""Prepares the plan of a batch of payloads (reads and all other work on the event loop)."""
+
+
+def run_inline(plan: BatchPlan) -> list[Any]:
+    """A plan's answers, its work run where this is called (tools without a thread)."""
+    return plan.finish(None if plan.work is None else plan.work())
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """The work of a batch raised: every request of the batch fails alike."""
+
+    error: Exception
 
 
 class Batcher:
-    """Runs a batch function on the event loop, one batch at a time, merging the jobs that
-    queue up meanwhile; its blocking steps run in one dedicated thread."""
+    """Prepares batches of the jobs that queue up on the event loop and runs their plans' work
+    in one dedicated thread."""
 
     def __init__(self, compute: BatchFunction, name: str = "mfserve-scoring") -> None:
         self._compute = compute
@@ -77,10 +97,6 @@ class Batcher:
             loop.call_soon(self._launch)  # after the other requests of this loop pass
         return await job.future
 
-    async def offload(self, function: Callable[..., T], *args: Any) -> T:
-        """The function's result, computed in the batcher's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
     def _launch(self) -> None:
         self._launching = False
         jobs = self._pending[:MAX_BATCH_JOBS]
@@ -96,9 +112,41 @@ class Batcher:
 
     async def _run(self, jobs: list[Job[Any]]) -> None:
         try:
-            answers: list[Any] = await self._compute([job.payload for job in jobs], self.offload)
+            plan = await self._compute([job.payload for job in jobs])
         except Exception as error:  # every request of the batch fails alike
-            answers = [error] * len(jobs)
+            self._answer(jobs, [error] * len(jobs))
+            return
+        if plan.work is None:
+            self._complete(jobs, plan, None)
+            return
+        loop = asyncio.get_running_loop()
+        work = plan.work
+
+        def in_thread() -> None:
+            try:
+                result: Any = work()
+            except Exception as error:
+                result = _Failed(error)
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
+                loop.call_soon_threadsafe(self._complete, jobs, plan, result)
+
+        try:
+            self._executor.submit(in_thread)
+        except RuntimeError as error:  # the batcher was closed
+            self._answer(jobs, [error] * len(jobs))
+
+    def _complete(self, jobs: list[Job[Any]], plan: BatchPlan, result: Any) -> None:
+        """Finish a batch on the loop, right where its thread's result arrives."""
+        if isinstance(result, _Failed):
+            answers: list[Any] = [result.error] * len(jobs)
+        else:
+            try:
+                answers = plan.finish(result)
+            except Exception as error:  # every request of the batch fails alike
+                answers = [error] * len(jobs)
+        self._answer(jobs, answers)
+
+    def _answer(self, jobs: list[Job[Any]], answers: list[Any]) -> None:
         for job, answer in zip(jobs, answers, strict=True):
             if job.future.done():  # the request was cancelled (client gone)
                 continue

@@ -28,7 +28,7 @@ from service.db.profiles import UserProfile
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
-from service.serving._batcher import BatchFunction, Offload, run_inline
+from service.serving._batcher import BatchFunction, BatchPlan, run_inline
 from service.serving._runtime import ModelView, ServingContext
 from service.serving._tables import ItemTable
 
@@ -244,50 +244,92 @@ CACHED_BUFFERS = 4
 """Item tables whose score buffers are kept."""
 
 
-async def _rank_rows(
-    rows: Sequence[_Row], offload: Offload, buffers: ScoreBuffers | None = None
-) -> list[list[tuple[str, float]]]:
-    """Top-n lists of many rows: one matmul and one topk per item table (and block), in the
-    batcher's thread.
+@dataclass(frozen=True)
+class _Chunk:
+    """Rows of one item table ranked by one matrix product and one `topk`."""
+
+    table: ItemTable
+    members: list[int]
+    """Positions of the chunk's rows among the batch's rows."""
+    embeddings: torch.Tensor | None
+    """(rows, k) user vectors (None: fallback rows, zero vectors)."""
+    blocked: list[tuple[int, torch.Tensor]]
+    k: int
+    out: torch.Tensor | None
+    biases: list[float]
+    excluded: list[set[int]]
+    lengths: list[int]
+
+    def rank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`ItemTable.rank` of the chunk (in the batcher's thread)."""
+        return self.table.rank(self.embeddings, len(self.members), self.blocked, self.k, self.out)
+
+
+RankWork = Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
+"""The thread's part of a ranking: `topk` values and indices per chunk."""
+
+RankFinish = Callable[[list[tuple[torch.Tensor, torch.Tensor]]], list[list[tuple[str, float]]]]
+"""The loop's part: the thread's result as one top-n list per row."""
+
+
+def _rank_plan(
+    rows: Sequence[_Row], buffers: ScoreBuffers | None = None
+) -> tuple[RankWork, RankFinish]:
+    """Top-n lists of many rows, split into the work of the batcher's thread (one matmul and
+    one topk per item table and block) and the lists built from it on the loop.
 
     Rows are ranked by raw scores; users' biases and the model's transform, which do not change
     a row's order, are applied to the top n only.
     """
-    results: list[list[tuple[str, float]]] = [[] for _ in rows]
+    chunks: list[_Chunk] = []
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault((id(row.view.table), row.vector.embedding is None), []).append(i)
-    for (_table, popular), members in groups.items():
-        table = rows[members[0]].view.table
-        block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
-        for start in range(0, len(members), block):
-            chunk = [rows[i] for i in members[start : start + block]]
-            excluded = [_excluded(r.view, r.vector, r.options) for r in chunk]
-            out = None if buffers is None else buffers.get(table, len(chunk))
-            with torch.inference_mode():
-                stacked = None if popular else _stack([r.vector for r in chunk])
-                blocked = _blocked(chunk, excluded, table)
-            wanted = (
-                r.options.n + (0 if len(left) > EXCLUDED_AFTER_TOPK else len(left))
-                for r, left in zip(chunk, excluded, strict=True)
-            )
-            longest = min(max(wanted), table.n_items)
-            if longest <= 0:
-                continue
-            values, indices = await offload(
-                _rank_in_thread, table, stacked, len(chunk), blocked, longest, out
-            )
-            with torch.inference_mode():
-                lists = table.scored_lists(
-                    values,
-                    indices,
-                    [r.vector.bias for r in chunk],
-                    excluded,
-                    [r.options.n for r in chunk],
+    with torch.inference_mode():
+        for (_table, popular), members in groups.items():
+            table = rows[members[0]].view.table
+            block = max(1, ROWS_PER_BLOCK_ELEMENTS // max(table.n_items, 1))
+            for start in range(0, len(members), block):
+                part = members[start : start + block]
+                chunk = [rows[i] for i in part]
+                excluded = [_excluded(r.view, r.vector, r.options) for r in chunk]
+                wanted = (
+                    r.options.n + (0 if len(left) > EXCLUDED_AFTER_TOPK else len(left))
+                    for r, left in zip(chunk, excluded, strict=True)
                 )
-            for i, items in zip(members[start : start + block], lists, strict=True):
-                results[i] = items
-    return results
+                k = min(max(wanted), table.n_items)
+                if k <= 0:
+                    continue  # the rows' lists stay empty
+                chunks.append(
+                    _Chunk(
+                        table=table,
+                        members=part,
+                        embeddings=None if popular else _stack([r.vector for r in chunk]),
+                        blocked=_blocked(chunk, excluded, table),
+                        k=k,
+                        out=None if buffers is None else buffers.get(table, len(chunk)),
+                        biases=[r.vector.bias for r in chunk],
+                        excluded=excluded,
+                        lengths=[r.options.n for r in chunk],
+                    )
+                )
+
+    def work() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        with torch.inference_mode():
+            return [chunk.rank() for chunk in chunks]
+
+    def finish(ranked: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[tuple[str, float]]]:
+        results: list[list[tuple[str, float]]] = [[] for _ in rows]
+        with torch.inference_mode():
+            for chunk, (values, indices) in zip(chunks, ranked, strict=True):
+                lists = chunk.table.scored_lists(
+                    values, indices, chunk.biases, chunk.excluded, chunk.lengths
+                )
+                for i, items in zip(chunk.members, lists, strict=True):
+                    results[i] = items
+        return results
+
+    return work, finish
 
 
 EXCLUDED_AFTER_TOPK = 200
@@ -319,19 +361,6 @@ def _stack(vectors: Sequence[_Vector]) -> torch.Tensor:
     if len(embeddings) == 1:
         return embeddings[0].unsqueeze(0)  # type: ignore[union-attr]
     return torch.stack(embeddings)  # type: ignore[arg-type]
-
-
-def _rank_in_thread(
-    table: ItemTable,
-    embeddings: torch.Tensor | None,
-    rows: int,
-    blocked: Sequence[tuple[int, torch.Tensor]],
-    k: int,
-    out: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ItemTable.rank` (in the batcher's thread)."""
-    with torch.inference_mode():
-        return table.rank(embeddings, rows, blocked, k, out)
 
 
 Ranked = tuple[list[_Vector], list[list[tuple[str, float]]]]
@@ -401,11 +430,10 @@ async def read_batch_profiles(
 async def rank_batch(
     jobs: Sequence[RankJob | CallJob],
     read: ProfileFetch,
-    offload: Offload,
     buffers: ScoreBuffers | None = None,
-) -> list[Any]:
-    """The answers of many requests' jobs (the batch function): one profile read for the batch,
-    then the ranking jobs' lists, ranked together, and the other jobs' results.
+) -> BatchPlan:
+    """The plan of many requests' jobs (the batch function): one profile read for the batch and
+    the other jobs' calls now, then the ranking jobs' lists, ranked together.
 
     A job whose read, vectors or call fail gets its exception as its answer; the others still
     run.
@@ -428,23 +456,30 @@ async def rank_batch(
             except Exception as error:  # only this request fails
                 answers.append(error)
                 continue
-            answers.append(None)  # replaced below
+            answers.append(None)  # replaced by finish
             spans[-1] = (len(rows), len(rows) + len(vectors), vectors)
             rows.extend(_rows(job.context, vectors, job.options))
-    ranked = await _rank_rows(rows, offload, buffers) if rows else []
-    for i, span in enumerate(spans):
-        if span is not None:
-            answers[i] = (span[2], ranked[span[0] : span[1]])
-    return answers
+    if not rows:
+        return BatchPlan(None, lambda _: answers)
+    work, rank_finish = _rank_plan(rows, buffers)
+
+    def finish(ranked: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
+        lists = rank_finish(ranked)
+        for i, span in enumerate(spans):
+            if span is not None:
+                answers[i] = (span[2], lists[span[0] : span[1]])
+        return answers
+
+    return BatchPlan(work, finish)
 
 
 def batch_function(fetch: ProfileFetch, buffers: ScoreBuffers) -> BatchFunction:
-    """The batcher's compute function, reading profiles with `fetch` (on the event loop)."""
+    """The batcher's batch function, reading profiles with `fetch` (on the event loop)."""
 
-    async def compute(jobs: Sequence[Any], offload: Offload) -> list[Any]:
-        return await rank_batch(jobs, fetch, offload, buffers)
+    async def prepare(jobs: Sequence[Any]) -> BatchPlan:
+        return await rank_batch(jobs, fetch, buffers)
 
-    return compute
+    return prepare
 
 
 def read_inline(read: ProfileRead) -> ProfileFetch:
@@ -463,8 +498,8 @@ async def _batched(context: ServingContext, job: RankJob | CallJob) -> Any:
     runtime = context.runtime
     batcher = runtime.batcher
     if batcher is None:
-        compute = batch_function(read_inline(runtime.read_profiles), ScoreBuffers())
-        answer = (await compute([job], run_inline))[0]
+        prepare = batch_function(read_inline(runtime.read_profiles), ScoreBuffers())
+        answer = run_inline(await prepare([job]))[0]
     else:
         answer = await batcher.submit(job)
     if isinstance(answer, Exception):
