@@ -518,8 +518,8 @@ async def rank_users(
     context: ServingContext, users: Sequence[str], options: RecommendOptions
 ) -> list[Recommendation]:
     """Top-n lists for many users (request order): stored embedding, fold-in of the current
-    history, or popular; their profiles are read in the scoring thread, in one query with
-    those of the concurrent calls batched with this one."""
+    history, or popular; their profiles are read in one query with those of the concurrent
+    calls batched with this one."""
 
     def vectors(profiles: Profiles) -> list[_Vector]:
         return [_user_vector(context, user, profiles.get(user)) for user in users]

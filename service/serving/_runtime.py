@@ -96,8 +96,8 @@ class ServingRuntime:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.batcher: Batcher | None = None
-        """The scoring thread: reads the profiles of concurrent calls in one query and ranks
-        them together (set by the lifespan; None: everything runs inline)."""
+        """Batches concurrent calls: reads their profiles in one query and ranks them together
+        in its scoring thread (set by the lifespan; None: everything runs inline)."""
 
     # ----- database reads --------------------------------------------------------------------
     def read_profiles(self, users: Sequence[str]) -> dict[str, UserProfile]:
