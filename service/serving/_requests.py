@@ -252,10 +252,13 @@ class _Chunk:
     members: list[int]
     """Positions of the chunk's rows among the batch's rows."""
     embeddings: torch.Tensor | None
-    """(rows, k) user vectors (None: fallback rows, zero vectors)."""
+    """(rows, factors) user vectors (None: fallback rows, zero vectors)."""
     blocked: list[tuple[int, torch.Tensor]]
+    """Per row, the items to score -inf before `topk` (see `_blocked`)."""
     k: int
+    """How many items `topk` takes per row."""
     out: torch.Tensor | None
+    """A reusable score buffer (see `ScoreBuffers`)."""
     biases: list[float]
     excluded: list[set[int]]
     lengths: list[int]
