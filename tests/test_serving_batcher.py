@@ -4,8 +4,9 @@ blocking steps run in its thread, and at most two batches are under way at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from service.serving._batcher import MAX_BATCHES_IN_FLIGHT, Batcher, BatchPlan, run_inline
@@ -55,14 +56,21 @@ class Recorder:
         return BatchPlan(work, finish)
 
 
+@contextlib.contextmanager
+def running(compute: Recorder) -> Iterator[Batcher]:
+    """A batcher over `compute`, closed (its thread stopped) when the block ends."""
+    batcher = Batcher(compute)
+    try:
+        yield batcher
+    finally:
+        batcher.close()
+
+
 def test_jobs_of_one_loop_pass_run_as_one_batch_in_order() -> None:
     async def scenario() -> tuple[list[Any], Recorder]:
         compute = Recorder()
-        batcher = Batcher(compute)
-        try:
+        with running(compute) as batcher:
             answers = await asyncio.gather(*(batcher.submit(i) for i in range(5)))
-        finally:
-            batcher.close()
         return answers, compute
 
     answers, compute = asyncio.run(scenario())
@@ -74,8 +82,7 @@ def test_jobs_of_one_loop_pass_run_as_one_batch_in_order() -> None:
 
 def test_an_exception_answer_fails_only_its_job_and_a_failed_batch_only_its_jobs() -> None:
     async def scenario() -> None:
-        batcher = Batcher(Recorder())
-        try:
+        with running(Recorder()) as batcher:
             first = await asyncio.gather(
                 batcher.submit(1),
                 batcher.submit("boom"),
@@ -97,8 +104,6 @@ def test_an_exception_answer_fails_only_its_job_and_a_failed_batch_only_its_jobs
                     assert isinstance(answer, RuntimeError)
                     assert message in str(answer)
                 assert await batcher.submit(4) == 8  # the batcher goes on after a failed batch
-        finally:
-            batcher.close()
 
     asyncio.run(scenario())
 
@@ -106,8 +111,7 @@ def test_an_exception_answer_fails_only_its_job_and_a_failed_batch_only_its_jobs
 def test_a_cancelled_request_leaves_the_others_of_its_batch_answered() -> None:
     async def scenario() -> None:
         hold = asyncio.Event()
-        batcher = Batcher(Recorder(hold))
-        try:
+        with running(Recorder(hold)) as batcher:
             gone = asyncio.ensure_future(batcher.submit(1))
             kept = asyncio.ensure_future(batcher.submit(2))
             await asyncio.sleep(0.01)  # both are in the held batch
@@ -116,8 +120,6 @@ def test_a_cancelled_request_leaves_the_others_of_its_batch_answered() -> None:
             assert await kept == 4
             assert gone.cancelled()
             assert await batcher.submit(5) == 10
-        finally:
-            batcher.close()
 
     asyncio.run(scenario())
 
@@ -126,8 +128,7 @@ def test_jobs_arriving_while_batches_run_wait_for_a_free_slot() -> None:
     async def scenario() -> Recorder:
         hold = asyncio.Event()
         compute = Recorder(hold)
-        batcher = Batcher(compute)
-        try:
+        with running(compute) as batcher:
             waves = []
             for wave in range(4):  # one loop pass each
                 waves.append(asyncio.ensure_future(batcher.submit(wave)))
@@ -135,8 +136,6 @@ def test_jobs_arriving_while_batches_run_wait_for_a_free_slot() -> None:
             assert len(compute.batches) == MAX_BATCHES_IN_FLIGHT
             hold.set()
             assert await asyncio.gather(*waves) == [0, 2, 4, 6]
-        finally:
-            batcher.close()
         return compute
 
     compute = asyncio.run(scenario())
