@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -348,7 +347,10 @@ def scenario_requests(spec: dict[str, Any], seed: int = 7) -> list[Request]:
                 "POST",
                 "/scores",
                 json.dumps(
-                    {"user": stored_user(), "items": [f"i{rng.randrange(n_items)}" for _ in range(20)]}
+                    {
+                        "user": stored_user(),
+                        "items": [f"i{rng.randrange(n_items)}" for _ in range(20)],
+                    }
                 ),
             )
             for _ in range(1024)
@@ -498,7 +500,9 @@ def run_wrk(spec: dict[str, Any], tmp: Path) -> Any:
     """Run one scenario with `wrk` (warm-up run first, then the measured one); its figures."""
     rows = ",\n".join(
         "{"
-        + ", ".join([_lua_string(method), _lua_string(path), "nil" if body is None else _lua_string(body)])
+        + ", ".join(
+            [_lua_string(method), _lua_string(path), "nil" if body is None else _lua_string(body)]
+        )
         + "}"
         for method, path, body in scenario_requests(spec)
     )
@@ -508,7 +512,9 @@ def run_wrk(spec: dict[str, Any], tmp: Path) -> Any:
     threads = str(min(2, spec["clients"]))
     base = ["wrk", "-t", threads, "-c", str(spec["clients"]), "-s", str(script), "--timeout", "10s"]
     if spec["warmup"] > 0:
-        subprocess.run([*base, "-d", f"{max(1, round(spec['warmup']))}s", url], check=True, capture_output=True)
+        subprocess.run(
+            [*base, "-d", f"{max(1, round(spec['warmup']))}s", url], check=True, capture_output=True
+        )
     output = subprocess.run(
         [*base, "-d", f"{max(1, round(spec['duration']))}s", url],
         check=True,
@@ -579,9 +585,11 @@ def label(scenario: str, ratings: int | None) -> str:
 
 def bench_backend(backend: str, args: argparse.Namespace) -> None:
     """Build, publish, serve and measure one backend."""
-    with tempfile.TemporaryDirectory(prefix="mfserve-bench-") as tmp:
-        with database(backend, Path(tmp)) as url:
-            bench_database(backend, url, Path(tmp), args)
+    with (
+        tempfile.TemporaryDirectory(prefix="mfserve-bench-") as tmp,
+        database(backend, Path(tmp)) as url,
+    ):
+        bench_database(backend, url, Path(tmp), args)
 
 
 def bench_database(backend: str, url: str, tmp: Path, args: argparse.Namespace) -> None:

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     item_refresh_interval: float = Field(default=2.0, gt=0)
     """Seconds between checks for changed item metadata (tags) in the serving catalog."""
 
+    profile_cache_ratings: int = Field(default=1_000_000, ge=0)
+    """Most ratings an API process keeps of users changed since the served model's snapshot
+    (about 12 bytes each), so that an active user's next call reads only their marker."""
+
     serving_device: str = "cpu"
     """Device the API process scores on (`cpu`, `cuda`, `cuda:1` or `auto`)."""
 

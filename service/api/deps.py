@@ -77,8 +77,11 @@ def user_path(user: Annotated[str, Path(description="external user id")]) -> str
     return checked_id(user, "user")
 
 
-def item_path(item: Annotated[str, Path(description="external item id")]) -> str:
-    """The item id from the path, checked like ids in a rating."""
+async def item_path(item: Annotated[str, Path(description="external item id")]) -> str:
+    """The item id from the path, checked like ids in a rating.
+
+    Async, so that FastAPI calls it on the event loop instead of through its thread pool.
+    """
     return checked_id(item, "item")
 
 

@@ -105,18 +105,22 @@ class AsyncProfileReader:
         users = list(dict.fromkeys(external_ids))
         if not users:
             return {}
+        return _group(await self.fetch(self._sql, (users,)))
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of one query, on one of the reader's connections."""
         if self._free is None:
             self._free = asyncio.Semaphore(self._slots)
         async with self._free:
             connection = self._idle.pop() if self._idle else await self._connect()
             try:
-                cursor = await connection.execute(self._sql, (users,))
+                cursor = await connection.execute(sql, params)
                 rows = await cursor.fetchall()
             except BaseException:
                 await connection.close()
                 raise
             self._idle.append(connection)
-        return _group(rows)
+        return rows
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, connect_timeout=5)

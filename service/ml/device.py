@@ -20,7 +20,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count (None: one per available core); returns the count."""
+    """Set torch's intra-op thread count (None: one per available core); returns the count.
+
+    The one thread configuration of every process: an API process passes
+    `MFSERVE_TORCH_THREADS`, so that BLAS does not oversubscribe cores; a worker uses all.
+    """
     count = threads if threads is not None else max(1, len(os.sched_getaffinity(0)))
     torch.set_num_threads(count)
     return count
