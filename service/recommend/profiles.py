@@ -3,13 +3,15 @@ the served version's snapshot state and the cache of changed users cannot answer
 
 An unchanged user costs one indexed row (the marker); a user changed since the snapshot costs a
 read of their ratings once, after which their (user, marker) entry in a bounded cache answers
-until they change again.
+until they change again (with their fold-in into the served model, computed once).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from service.db.profiles import UserProfile
 from service.registry import ServedModel
@@ -20,21 +22,29 @@ ProfileFetch = Callable[[Sequence[str]], Awaitable[dict[str, UserProfile]]]
 """Reads the profiles of users in one query (absent users are left out)."""
 
 
+@dataclass
+class _Entry:
+    profile: UserProfile
+    folded: tuple[object, Any] | None = None
+    """The model the profile was last folded into, and that fold-in's result."""
+
+
 class ChangedUsers:
-    """Profiles of users changed since the snapshot, by (user, marker), least recently used
-    first out, holding at most `max_ratings` ratings in all."""
+    """Profiles of users changed since the snapshot, by (user, marker), with their newest
+    fold-in; least recently used first out, holding at most `max_ratings` ratings in all."""
 
     def __init__(self, max_ratings: int) -> None:
         self.max_ratings = max_ratings
         self.ratings = 0
-        self._entries: OrderedDict[tuple[str, int], UserProfile] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
 
     def get(self, user: str, marker: int) -> UserProfile | None:
         """The user's profile at this marker, if kept."""
-        profile = self._entries.get((user, marker))
-        if profile is not None:
-            self._entries.move_to_end((user, marker))
-        return profile
+        entry = self._entries.get((user, marker))
+        if entry is None:
+            return None
+        self._entries.move_to_end((user, marker))
+        return entry.profile
 
     def put(self, user: str, profile: UserProfile) -> None:
         """Keep a profile (at its own marker), dropping the least recently used ones."""
@@ -42,11 +52,24 @@ class ChangedUsers:
         key = (user, profile.history_version)
         if size > self.max_ratings or key in self._entries:
             return
-        self._entries[key] = profile
+        self._entries[key] = _Entry(profile)
         self.ratings += size
         while self.ratings > self.max_ratings:
             _key, dropped = self._entries.popitem(last=False)
-            self.ratings -= len(dropped.item_ids)
+            self.ratings -= len(dropped.profile.item_ids)
+
+    def folded(self, user: str, marker: int, model: object) -> Any:
+        """The kept fold-in of the user's profile at this marker into `model` (None: none)."""
+        entry = self._entries.get((user, marker))
+        if entry is None or entry.folded is None or entry.folded[0] is not model:
+            return None
+        return entry.folded[1]
+
+    def keep_folded(self, user: str, marker: int, model: object, vector: Any) -> None:
+        """Keep the fold-in of a kept profile (a profile not kept is folded in each time)."""
+        entry = self._entries.get((user, marker))
+        if entry is not None:
+            entry.folded = (model, vector)
 
     def __len__(self) -> int:
         return len(self._entries)

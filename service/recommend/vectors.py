@@ -93,8 +93,13 @@ def user_vector(context: ServingContext, user: str, profile: UserProfile | None)
         return Vector("model", embedding, bias, rated_db=rated_db)
     if profile is None:
         return Vector("popular", rated_db=rated_db)
+    changed = context.serving.profiles.changed
+    kept: Vector | None = changed.folded(user, profile.history_version, primary.model)
+    if kept is not None:
+        return kept
     vector = history_vector(primary, primary.index.model_indices(rated_db), profile.ratings)
     vector.rated_db = rated_db
+    changed.keep_folded(user, profile.history_version, primary.model, vector)
     return vector
 
 
