@@ -91,15 +91,19 @@ def test_the_first_request_after_a_swap_finds_every_table_built(
     while registry.version != version and time.monotonic() < deadline:
         time.sleep(0.02)
     served = registry.current
-    assert served is not None and served.version == version
+    assert served is not None
+    assert served.version == version
     tables = served.tables
     assert tables is not None
     assert tables.primary.table.n_items == served.model.n_items
     assert tables.fallback is tables.primary  # no popularity model packed
     assert int((tables.users.markers >= 0).sum()) == served.model.n_users
-    loop_thread = polling_client.portal.call(lambda: threading.current_thread().name)  # type: ignore[union-attr]
+    portal = polling_client.portal
+    assert portal is not None
+    loop_thread = portal.call(lambda: threading.current_thread().name)
     built = list(builders)
-    assert built and all(not entry.endswith(f" in {loop_thread}") for entry in built), built
+    assert built
+    assert all(not entry.endswith(f" in {loop_thread}") for entry in built), built
 
     builders.clear()
     reply = polling_client.get("/recommend/u3?n=5&tag=even")
