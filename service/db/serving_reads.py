@@ -22,13 +22,14 @@ MARKER_SQL = "SELECT external_id, history_version FROM users WHERE external_id {
 
 HISTORIES_SQL = (
     "SELECT users.id, users.external_id, users.history_version, ratings.item_id, ratings.rating "
-    "FROM users JOIN ratings ON ratings.user_id = users.id ORDER BY users.id"
+    "FROM users JOIN ratings ON ratings.user_id = users.id "
+    "WHERE users.id > {low} AND users.id <= {high} ORDER BY users.id"
 )
-"""Every user's ratings with their marker, grouped by user, in one statement (one state of the
-database)."""
+"""The ratings of a range of users with their markers, grouped by user: one statement, so each
+user's ratings and marker are of one state of the database."""
 
-FETCH_ROWS = 50_000
-"""Rows fetched per round trip while reading every history."""
+USERS_PER_READ = 5_000
+"""Users whose ratings one statement of `read_histories` reads (bounds the driver's buffer)."""
 
 
 class MarkerReader:
@@ -93,23 +94,26 @@ class Histories:
 
 
 def read_histories(engine: Engine) -> Histories:
-    """Every user's ratings and history marker, read in one statement."""
+    """Every user's ratings and history marker, read a range of users at a time."""
     users: list[str] = []
     markers: list[int] = []
     starts: list[int] = []
     item_parts: list[npt.NDArray[np.int32]] = []
     rating_parts: list[npt.NDArray[np.float32]] = []
     total = 0
-    last = None
+    marker = "?" if engine.dialect.name == "sqlite" else "%s"
+    sql = HISTORIES_SQL.format(low=marker, high=marker)
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
         try:
-            cursor.execute(HISTORIES_SQL)
-            while True:
-                rows: Sequence[Any] = cursor.fetchmany(FETCH_ROWS)
-                if not rows:
-                    break
+            cursor.execute("SELECT max(id) FROM users")
+            found = cursor.fetchone()
+            largest = int(found[0] or 0) if found is not None else 0
+            for low in range(0, largest, USERS_PER_READ):
+                cursor.execute(sql, (low, low + USERS_PER_READ))
+                rows: Sequence[Any] = cursor.fetchall()
+                last = None
                 for position, row in enumerate(rows):
                     if row[0] != last:
                         last = row[0]
