@@ -198,3 +198,40 @@ def test_poll_loop_picks_up_a_new_version(artifacts: tuple[Path, list[ArtifactIn
 
     asyncio.run(scenario())
     assert registry.version == 2
+
+
+def test_snapshot_state_keeps_only_trained_users_unchanged_since_the_snapshot() -> None:
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from service.db.serving_reads import Histories
+    from service.ml.artifacts import SnapshotInfo
+    from service.ml.data import Vocabulary
+    from service.registry import UserStates
+
+    histories = Histories(
+        users=["a", "b", "c", "d"],
+        markers=np.array([1, 2, 3, 4]),
+        offsets=np.array([0, 2, 3, 6, 7]),
+        item_ids=np.array([10, 11, 20, 30, 31, 32, 40], dtype=np.int32),
+        ratings=np.arange(7, dtype=np.float32),
+    )
+    snapshot = SnapshotInfo(
+        taken_at=datetime.now(UTC),
+        n_ratings=7,
+        n_users=4,
+        n_items=7,
+        history_versions={"a": 1, "b": 5, "c": 3},  # b changed since; d is new
+    )
+    states = UserStates.build(histories, Vocabulary(["c", "x", "a", "b"]), snapshot)
+    c = states.profile(0, 3)
+    assert c is not None
+    assert c.item_ids.tolist() == [30, 31, 32]
+    assert c.ratings.tolist() == [3.0, 4.0, 5.0]
+    a = states.profile(2, 1)
+    assert a is not None
+    assert a.item_ids.tolist() == [10, 11]
+    assert states.profile(2, 2) is None  # a's marker moved on: read again
+    assert states.profile(3, 2) is None  # b changed after the snapshot
+    assert states.profile(1, 0) is None  # x has no ratings
