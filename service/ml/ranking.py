@@ -126,7 +126,7 @@ class RankRow:
     n: int
     bias: float = 0.0
     excluded: IndexArray = field(default_factory=lambda: NO_ITEMS)
-    """Item indices to leave out (unique, none negative)."""
+    """Item indices to leave out (none negative; repeats are taken once)."""
     allowed: torch.Tensor | None = None
     """(m,) mask of the items the list may hold (a tag filter; None: every item)."""
 
@@ -215,8 +215,9 @@ def plan_ranking(
             dropped.append(frozenset())
             wanted = max(wanted, row.n)
         else:
-            dropped.append(frozenset(excluded.tolist()))
-            wanted = max(wanted, row.n + len(excluded))
+            left_out = frozenset(excluded.tolist())
+            dropped.append(left_out)
+            wanted = max(wanted, row.n + len(left_out))
         if mask is not None:
             blocked.append((j, mask))
     k = min(wanted, table.n_items)
@@ -250,7 +251,8 @@ def similar(table: ItemTable, item: int, n: int) -> RankedList:
 
 
 def excluded_indices(*parts: IndexArray) -> IndexArray:
-    """The unique, non-negative item indices of several index arrays."""
+    """The non-negative item indices of several index arrays, joined (repeats may remain: a
+    mask or a set takes them once; sorting them out would cost more than a long history's
+    whole ranking)."""
     joined = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else NO_ITEMS
-    joined = joined[joined >= 0]
-    return np.unique(joined) if len(joined) else NO_ITEMS
+    return joined[joined >= 0] if len(joined) and joined.min() < 0 else joined
