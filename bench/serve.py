@@ -553,21 +553,32 @@ def run_scenario(
 
 # ----- report -----------------------------------------------------------------------------
 def report(
-    backend: str, clients: int, driver: str, figures: dict[tuple[str, int | None], dict[str, Any]]
+    backend: str,
+    clients: int,
+    driver: str,
+    figures: dict[tuple[str, int | None], dict[str, Any]],
+    bases: dict[tuple[str, int | None], dict[str, Any]],
 ) -> None:
-    """Print one table: a row per scenario, ratios to /healthz."""
-    base = figures[("healthz", None)]
-    print(f"\n{backend}, {clients} connection{'s' if clients > 1 else ''}, {driver}:")
+    """Print one table: a row per scenario, ratios to /healthz (with `--paired`, to the
+    /healthz run just before the row's, printed beside it)."""
+    first = figures[("healthz", None)]
+    paired = " (ratios to the /healthz run just before each row)" if bases else ""
+    print(f"\n{backend}, {clients} connection{'s' if clients > 1 else ''}, {driver}{paired}:")
     print(
         f"  {'endpoint':<34}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}{'rps/healthz':>13}{'p99/healthz':>13}"
+        + (f"{'healthz rps':>13}{'healthz p99':>13}" if bases else "")
     )
-    for (scenario, ratings), row in figures.items():
-        print(
-            f"  {label(scenario, ratings):<34}{row['rps']:>9.0f}{row['p50']:>9.2f}"
+    for key, row in figures.items():
+        base = bases.get(key, first)
+        line = (
+            f"  {label(*key):<34}{row['rps']:>9.0f}{row['p50']:>9.2f}"
             f"{row['p95']:>9.2f}{row['p99']:>9.2f}{row['errors']:>8}"
             f"{row['rps'] / base['rps']:>13.2f}{row['p99'] / base['p99']:>13.2f}"
         )
+        if bases:
+            line += f"{base['rps']:>13.0f}{base['p99']:>13.2f}"
+        print(line)
     sys.stdout.flush()
 
 
@@ -623,16 +634,21 @@ def bench_database(backend: str, url: str, tmp: Path, args: argparse.Namespace) 
         for clients in args.clients:
             for driver in args.drivers:
                 figures: dict[tuple[str, int | None], dict[str, Any]] = {}
+                bases: dict[tuple[str, int | None], dict[str, Any]] = {}
                 for scenario in args.scenarios:
                     targets: list[Group | None] = (
                         list(groups) if scenario in GROUP_SCENARIOS else [None]
                     )
                     for group in targets:
                         key = (scenario, None if group is None else group.ratings)
+                        if args.paired and scenario != "healthz":
+                            bases[key] = run_scenario(
+                                server.base_url, "healthz", None, clients, driver, args, tmp
+                            )
                         figures[key] = run_scenario(
                             server.base_url, scenario, group, clients, driver, args, tmp
                         )
-                report(backend, clients, driver, figures)
+                report(backend, clients, driver, figures, bases)
 
 
 def int_list(text: str) -> list[int]:
@@ -671,6 +687,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS), help="comma list"
+    )
+    parser.add_argument(
+        "--paired",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure /healthz right before each scenario and give ratios to that run (on "
+        "shared CPUs the background load drifts between runs)",
     )
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
