@@ -537,6 +537,7 @@ def run_scenario(
     tmp: Path,
 ) -> Any:
     """Run one scenario with one driver and return its figures."""
+    wait_idle(base_url)
     host, port = base_url.removeprefix("http://").split(":")
     spec = {
         "scenario": scenario,
@@ -574,12 +575,32 @@ def report(
         line = (
             f"  {label(*key):<34}{row['rps']:>9.0f}{row['p50']:>9.2f}"
             f"{row['p95']:>9.2f}{row['p99']:>9.2f}{row['errors']:>8}"
-            f"{row['rps'] / base['rps']:>13.2f}{row['p99'] / base['p99']:>13.2f}"
+            f"{ratio(row['rps'], base['rps']):>13.2f}{ratio(row['p99'], base['p99']):>13.2f}"
         )
         if bases:
             line += f"{base['rps']:>13.0f}{base['p99']:>13.2f}"
         print(line)
     sys.stdout.flush()
+
+
+def ratio(value: float, base: float) -> float:
+    """value / base (NaN when the base is zero)."""
+    return value / base if base else float("nan")
+
+
+def wait_idle(base_url: str, timeout: float = 30.0) -> None:
+    """Wait until the server answers /healthz promptly again: requests a load generator left
+    queued must not be counted against the next run."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base_url, timeout=timeout) as client:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            client.get("/healthz")
+            if time.monotonic() - started < 0.05:
+                return
+            time.sleep(0.5)
 
 
 def label(scenario: str, ratings: int | None) -> str:
