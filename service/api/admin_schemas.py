@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.jobs import JobRequester, JobStatus, TrainingJob
-from service.db.versions import ModelVersion
+from service.db.jobs import JobProgress, JobRequester, JobStatus, TrainingJob
+from service.db.versions import ModelVersion, VersionSnapshot
 
 
 class RetrainIn(BaseModel):
@@ -27,18 +27,6 @@ class JobAccepted(BaseModel):
     status: JobStatus
 
 
-class ProgressOut(BaseModel):
-    """Training progress, updated after every epoch."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    epoch: int | None
-    epochs: int | None
-    loss: float | None
-    elapsed_s: float | None
-    eta_s: float | None = Field(description="estimated seconds of training left")
-
-
 class JobOut(BaseModel):
     """A training job with live progress and, once ended, its metrics or error."""
 
@@ -50,7 +38,7 @@ class JobOut(BaseModel):
     config: dict[str, Any]
     requested_by: JobRequester
     cancel_requested: bool
-    progress: ProgressOut
+    progress: JobProgress = Field(description="training progress, updated after every epoch")
     metrics: dict[str, Any] | None
     error: str | None
     version: int | None = Field(description="the model version this job published")
@@ -74,19 +62,6 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
-class SnapshotOut(BaseModel):
-    """The data a version was trained on."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    n_ratings: int
-    n_users: int
-    n_items: int
-    newest_rating_at: datetime | None
-    taken_at: datetime
-    stored_until: datetime | None
-
-
 class VersionOut(BaseModel):
     """A published model version."""
 
@@ -107,7 +82,7 @@ class VersionOut(BaseModel):
     artifact: str
     sha256: str
     size_bytes: int
-    snapshot: SnapshotOut
+    snapshot: VersionSnapshot = Field(description="the data the version was trained on")
 
     @classmethod
     def of(cls, version: ModelVersion, served_version: int | None) -> VersionOut:

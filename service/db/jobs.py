@@ -66,6 +66,7 @@ class JobProgress:
     loss: float | None
     elapsed_s: float | None
     eta_s: float | None
+    """Estimated seconds of training left, from the mean epoch time so far."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
