@@ -6,13 +6,18 @@ batch splitting and the 413 show with small data. Each test uses ids of its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from mfserve_client import (
+    NO_RETRIES,
+    AsyncClient,
     AuthenticationError,
     Client,
     ConflictError,
@@ -25,6 +30,7 @@ from mfserve_client import (
     PermissionDeniedError,
     Rating,
     RetryPolicy,
+    calls,
 )
 
 from tests.client.conftest import TOKEN, service_env
@@ -290,3 +296,94 @@ def test_model_calls_before_any_model(api: Client) -> None:
         api.model(1)
     with pytest.raises(NotFoundError):
         api.activate(1)
+
+
+def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProcess) -> None:
+    document = httpx.get(f"{data_server.base_url}/openapi.json").json()
+    operations = {
+        (method.upper(), path) for path, methods in document["paths"].items() for method in methods
+    }
+    built = [
+        calls.post_ratings([]),
+        calls.user_ratings_page("u", 10, None),
+        calls.delete_rating("u", "i"),
+        calls.delete_user("u"),
+        calls.put_item("i", None, (), None),
+        calls.get_item("i"),
+        calls.items_page(10, None),
+        calls.recommend("u", 10, True, (), ()),
+        calls.recommend_history([], 10, True, (), ()),
+        calls.recommend_batch(["u"], 10, True, (), ()),
+        calls.scores("u", None, ["i"]),
+        calls.fold_in([]),
+        calls.similar("i", 10),
+        calls.health(),
+        calls.readiness(),
+        calls.retrain(None, None),
+        calls.jobs_page(None, 10, None),
+        calls.job(1),
+        calls.cancel_job(1),
+        calls.models_page(10, None),
+        calls.model(1),
+        calls.active_model(),
+        calls.activate(1),
+    ]
+
+    def covered(method: str, template: str) -> bool:
+        pattern = re.sub(r"\{[^}]+\}", "[^/]+", template)
+        return any(c.method == method and re.fullmatch(pattern, c.path) for c in built)
+
+    missing = sorted(op for op in operations if not covered(*op))
+    assert not missing, f"operations without a client call: {missing}"
+    assert len(operations) == 23
+
+
+async def _async_data_calls(base_url: str) -> None:
+    async with AsyncClient(base_url, api_key=TOKEN, batch_size=BATCH) as api:
+        rows = [("a1-user", f"item{k:03d}", 1 + k % 5) for k in range(2 * BATCH + 5)]
+        assert (await api.post_ratings(rows)).inserted == len(rows)
+        assert (await api.post_rating("a1-user", "item000", 5.0)).updated == 1
+        pages = [page async for page in api.user_ratings("a1-user", page_size=40).pages()]
+        assert [len(page.items) for page in pages] == [40, 40, 25]
+        listed = [r.item async for r in api.user_ratings("a1-user", page_size=40)]
+        assert listed == [r.item for page in pages for r in page.items]
+        bad = [*rows[:BATCH], ("a1-user", "late", 7.0)]
+        with pytest.raises(InvalidInputError) as caught:
+            await api.post_ratings(bad)
+        assert sorted(caught.value.rows) == [BATCH]
+        await api.delete_rating("a1-user", "item000")
+        with pytest.raises(NotFoundError):
+            await api.delete_rating("a1-user", "item000")
+        await api.delete_user("a1-user")
+        with pytest.raises(NotFoundError):
+            await api.user_ratings("a1-user").to_list()
+
+        assert (await api.put_item("a1-item", title="T", tags=["x"])).tags == ["x"]
+        assert (await api.get_item("a1-item")).title == "T"
+        assert "a1-item" in [item.item async for item in api.items(page_size=3)]
+        assert (await api.health()).status == "ok"
+        assert (await api.readiness()).ready
+        assert "mfserve_" in await api.metrics()
+
+        job_id = (await api.retrain("popular")).job_id
+        assert (await api.job(job_id)).status is JobStatus.QUEUED
+        assert job_id in [job.job_id async for job in api.jobs(status="queued", page_size=1)]
+        assert (await api.cancel_job(job_id)).status is JobStatus.CANCELLED
+        with pytest.raises(ConflictError):
+            await api.cancel_job(job_id)
+        assert await api.models().to_list() == []
+        with pytest.raises(NotFoundError):
+            await api.active_model()
+        with pytest.raises(NotFoundError):
+            await api.model(1)
+        with pytest.raises(NotFoundError):
+            await api.activate(1)
+    async with AsyncClient(base_url, retry=NO_RETRIES) as anonymous:
+        with pytest.raises(NoModelError):
+            await anonymous.recommend("anyone")
+        with pytest.raises(AuthenticationError):
+            await anonymous.retrain()
+
+
+def test_async_client_data_and_admin_calls(data_server: ApiProcess) -> None:
+    asyncio.run(_async_data_calls(data_server.base_url))

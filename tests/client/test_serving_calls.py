@@ -3,6 +3,7 @@ model on seeded ratings (posted through the client), on SQLite and PostgreSQL.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mfserve_client import (
+    AsyncClient,
     Client,
     InvalidInputError,
     Job,
@@ -211,3 +213,41 @@ def test_waiting_for_a_job_that_is_cancelled_or_too_slow(api: Client) -> None:
     ended = api.wait_for_job(long_job, raise_on_failure=False)
     assert ended.status is JobStatus.CANCELLED
     assert ended.version is None
+
+
+async def _async_serving_calls(trained: Trained) -> None:
+    async with AsyncClient(trained.server.base_url, api_key=TOKEN) as api:
+        version = (await api.readiness()).model_version
+        rec = await api.recommend("u2", n=4, exclude=["i0"], tags=["odd"])
+        assert (rec.user, rec.model_version, len(rec.items)) == ("u2", version, 4)
+        assert all(int(item[1:]) % 2 == 1 for item in rec.item_ids)
+        anonymous = await api.recommend_history({"i1": 5.0}, n=2)
+        assert (anonymous.user, anonymous.source) == (None, "foldin")
+        batch = await api.recommend_batch(["u2", "u3"], n=2)
+        assert [r.user for r in batch.results] == ["u2", "u3"]
+        scores = await api.scores(history=[("i1", 5.0)], items=["i2", "nope"])
+        assert scores.unknown_items == ["nope"]
+        assert len((await api.fold_in(["i1"])).embedding) == QUICK_CONFIG["embedding_size"]
+        assert len((await api.similar("i2", n=2)).items) == 2
+
+        job = await api.wait_for_job((await api.retrain("als-biased", QUICK_CONFIG)).job_id)
+        assert job.status is JobStatus.SUCCEEDED
+        assert (await api.readiness()).model_version == job.version
+        active = await api.active_model()
+        assert active.version == job.version
+        listed = [v.version async for v in api.models(page_size=1)]
+        assert listed == sorted(listed, reverse=True)
+        assert listed[0] == job.version
+        assert (await api.model(listed[-1])).version == listed[-1]
+        assert (await api.activate(active.version)).active
+        assert job.job_id in [j.job_id async for j in api.jobs(status=JobStatus.SUCCEEDED)]
+        long_job = (await api.retrain("als-biased", {**QUICK_CONFIG, "epochs": 10_000})).job_id
+        await api.cancel_job(long_job)
+        with pytest.raises(JobFailedError):
+            await api.wait_for_job(long_job, poll_interval=0.1)
+        with pytest.raises(NotFoundError):
+            await api.similar("no-such-item")
+
+
+def test_async_client_serving_and_model_calls(trained: Trained) -> None:
+    asyncio.run(_async_serving_calls(trained))
