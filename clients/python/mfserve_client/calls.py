@@ -207,8 +207,9 @@ def health() -> Call[Health]:
 
 
 def readiness() -> Call[Readiness]:
-    """`GET /readyz`; its 503 (not ready) is read as a reply, never retried."""
-    return Call("GET", "/readyz", _model(Readiness), accept=frozenset({503}))
+    """`GET /readyz`; its 503 (not ready) is read as a reply, not retried."""
+    accept = frozenset({503})
+    return Call("GET", "/readyz", _model(Readiness), idempotent=True, accept=accept)
 
 
 def metrics() -> Call[str]:

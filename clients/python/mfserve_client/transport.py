@@ -50,6 +50,13 @@ def _connection_error(call: Call[T], error: httpx.TransportError) -> APIConnecti
     return kind(f"{call.method} {call.path}: {type(error).__name__}: {error}")
 
 
+def _retried(policy: RetryPolicy, call: Call[T], retry: int, response: httpx.Response) -> bool:
+    status = response.status_code
+    if status in call.accept:
+        return False
+    return policy.should_retry_status(call.idempotent, retry, status)
+
+
 def _status_reason(response: httpx.Response) -> str:
     return f"{response.status_code} {response.text[:200]}"
 
@@ -67,7 +74,7 @@ def send(http: httpx.Client, policy: RetryPolicy, call: Call[T]) -> T:
             delay = policy.delay(retry)
             log_retry(call.method, call.path, retry, delay, repr(error))
         else:
-            if not policy.should_retry_status(call.idempotent, retry, response.status_code):
+            if not _retried(policy, call, retry, response):
                 return _finish(call, response)
             delay = policy.delay(retry, response)
             log_retry(call.method, call.path, retry, delay, _status_reason(response))
@@ -87,7 +94,7 @@ async def send_async(http: httpx.AsyncClient, policy: RetryPolicy, call: Call[T]
             delay = policy.delay(retry)
             log_retry(call.method, call.path, retry, delay, repr(error))
         else:
-            if not policy.should_retry_status(call.idempotent, retry, response.status_code):
+            if not _retried(policy, call, retry, response):
                 return _finish(call, response)
             delay = policy.delay(retry, response)
             log_retry(call.method, call.path, retry, delay, _status_reason(response))
