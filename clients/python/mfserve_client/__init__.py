@@ -20,6 +20,7 @@ from mfserve_client.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    UnexpectedReplyError,
 )
 from mfserve_client.inputs import HistoryEntry, Rating
 from mfserve_client.models import (
@@ -90,5 +91,6 @@ __all__ = [
     "ServiceUnavailableError",
     "Similar",
     "Snapshot",
+    "UnexpectedReplyError",
     "UserRating",
 ]

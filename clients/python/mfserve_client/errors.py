@@ -143,6 +143,19 @@ class NoModelError(ServiceUnavailableError):
     """503 `no_model`: no model version has been trained and activated yet."""
 
 
+class UnexpectedReplyError(MfserveError):
+    """A successful status whose body is not what the call returns (such as a proxy's page)."""
+
+    def __init__(self, response: httpx.Response, problem: Exception) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        request = response.request
+        super().__init__(
+            f"{request.method} {request.url.path} -> {self.status_code} with a body that is not "
+            f"the expected reply: {problem}"
+        )
+
+
 class JobFailedError(MfserveError):
     """A job awaited by `wait_for_job` ended `failed` or `cancelled`; `job` is its last state."""
 

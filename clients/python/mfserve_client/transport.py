@@ -9,7 +9,12 @@ from typing import TypeVar
 import httpx
 
 from mfserve_client.calls import Call
-from mfserve_client.errors import APIConnectionError, APITimeoutError, error_from_response
+from mfserve_client.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    UnexpectedReplyError,
+    error_from_response,
+)
 from mfserve_client.retry import RetryPolicy, log_retry
 
 T = TypeVar("T")
@@ -35,13 +40,16 @@ def _request(http: httpx.Client | httpx.AsyncClient, call: Call[T]) -> httpx.Req
         call.method,
         call.path,
         params=call.params or None,
-        json=call.body if call.body is not None else None,
+        json=call.body,
     )
 
 
 def _finish(call: Call[T], response: httpx.Response) -> T:
     if response.is_success or response.status_code in call.accept:
-        return call.read(response)
+        try:
+            return call.read(response)
+        except ValueError as error:  # pydantic's ValidationError is a ValueError
+            raise UnexpectedReplyError(response, error) from error
     raise error_from_response(response)
 
 
