@@ -17,7 +17,7 @@ from service.db.migrations import check_schema
 from service.db.serving_reads import create_serving_engine, serving_readers
 from service.db.session import create_db_engine, make_sessionmaker
 from service.errors import install_error_handlers
-from service.metrics_prom import MetricsMiddleware, ServiceMetrics, metrics_endpoint
+from service.metrics import MetricsMiddleware, ServiceMetrics, metrics_endpoint
 from service.ml.device import configure_threads, resolve_device
 from service.recommend import serving
 from service.registry import model_registry, registry_readiness

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.db.profiles import UserProfile
 from service.ml.ranking import ItemTable, Ranked, RankPlan, RankRow, excluded_indices, plan_ranking
 from service.recommend.batcher import BatchFunction, BatchPlan
 from service.recommend.context import ServingContext
 from service.recommend.profiles import ProfileSource
 from service.recommend.results import RecommendOptions
 from service.recommend.vectors import Vector
-from service.registry import ModelView
+from service.registry import ModelView, UserProfile
 
 ROWS_PER_BLOCK_ELEMENTS = 4_000_000
 """A batch is scored in blocks of at most this many (user, item) scores, to bound memory."""

@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.db.profiles import UserProfile
-from service.registry import ServedModel
+from service.registry import ServedModel, UserProfile
 
 MarkerFetch = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
 """Reads the history markers of users in one query (absent users are left out)."""

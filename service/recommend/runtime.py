@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from service.config import Settings
-from service.metrics_prom import ServiceMetrics
+from service.metrics import ServiceMetrics
 from service.recommend.batcher import Batcher
 from service.recommend.context import ServingContext
 from service.recommend.plan import ScoreBuffers, batch_function

@@ -16,11 +16,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from service.db.profiles import UserProfile
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
 from service.recommend.context import ServingContext
-from service.registry import ModelView
+from service.registry import ModelView, UserProfile
 
 
 @dataclass

@@ -2,6 +2,7 @@
 loader thread, swap one reference; poll and LISTEN wake-up; the item catalog, rejoined and
 swapped the same way."""
 
+from service.db.profiles import UserProfile
 from service.registry._lifespan import (
     NoModelError,
     fetch_active_version,
@@ -21,6 +22,7 @@ __all__ = [
     "ServedModel",
     "ServingTables",
     "TableBuilder",
+    "UserProfile",
     "UserStates",
     "VersionRecord",
     "build_tables",

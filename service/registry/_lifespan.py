@@ -24,11 +24,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.db.jobs import VersionRecord, get_active_version
 from service.db.notifications import ActivationListener
 from service.db.profiles import items_fingerprint, read_item_rows
 from service.db.serving_reads import read_histories
 from service.db.session import transaction
+from service.db.versions import ModelVersion, get_active_version
 from service.errors import ServiceUnavailableError
 from service.registry._loader import ModelRegistry, ServedModel, TableBuilder
 from service.registry._tables import build_tables
@@ -42,10 +42,10 @@ class NoModelError(ServiceUnavailableError):
     error = "no_model"
 
 
-def fetch_active_version(sessions: sessionmaker[Session]) -> Callable[[], VersionRecord | None]:
+def fetch_active_version(sessions: sessionmaker[Session]) -> Callable[[], ModelVersion | None]:
     """A function reading the active version's record, for the registry's poll loop."""
 
-    def fetch() -> VersionRecord | None:
+    def fetch() -> ModelVersion | None:
         with transaction(sessions) as session:
             return get_active_version(session)
 
