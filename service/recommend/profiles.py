@@ -70,9 +70,6 @@ class ChangedUsers:
         if entry is not None:
             entry.folded = (model, vector)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 class ProfileSource:
     """Profiles of users for the served version: its snapshot state, the cache of changed

@@ -109,11 +109,6 @@ class UserStates:
         start, end = int(self.offsets[user]), int(self.offsets[user + 1])
         return UserProfile(marker, self.item_ids[start:end], self.ratings[start:end])
 
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the arrays."""
-        return sum(a.nbytes for a in (self.markers, self.offsets, self.item_ids, self.ratings))
-
     @classmethod
     def build(
         cls, histories: Histories, users: Vocabulary, snapshot: SnapshotInfo | None
