@@ -202,8 +202,9 @@ def publish_model(
     """Write a synthetic `als-biased` artifact with a `popular` fallback and activate it."""
     import torch
 
-    from service.db.jobs import NewVersion, claim_job, enqueue_job, publish_version
+    from service.db.jobs import claim_job, enqueue_job
     from service.db.session import create_db_engine, make_sessionmaker, transaction
+    from service.db.versions import ModelVersion, publish_version
     from service.ml.als import BiasedALS, BiasedALSConfig
     from service.ml.artifacts import SnapshotInfo, write_artifact
     from service.ml.data import Vocabulary
@@ -243,7 +244,7 @@ def publish_model(
             session,
             job.job_id,
             "bench",
-            NewVersion(
+            ModelVersion(
                 algorithm=model.name,
                 config={"embedding_size": factors},
                 artifact=info.path.name,

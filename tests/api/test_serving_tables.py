@@ -14,8 +14,9 @@ from sqlalchemy import Engine
 
 from service.app import create_app
 from service.config import Settings
-from service.db.jobs import NewVersion, claim_job, enqueue_job, publish_version
+from service.db.jobs import claim_job, enqueue_job
 from service.db.session import make_sessionmaker, transaction
+from service.db.versions import ModelVersion, publish_version
 from service.ml import ranking
 from service.ml.artifacts import write_artifact
 from service.registry import ItemIndex, ModelView, UserStates
@@ -36,7 +37,7 @@ def _publish(engine: Engine, artifact_dir: Path) -> int:
             session,
             job.job_id,
             "test",
-            NewVersion(
+            ModelVersion(
                 algorithm=served.model.name,
                 config={},
                 artifact=info.path.name,
