@@ -142,7 +142,9 @@ def deployment(
         "MFSERVE_WORKER_THREADS": "1",
     }
     with ExitStack() as stack:
-        api_process = stack.enter_context(run_api_process(url, env=env))
+        api_process = stack.enter_context(
+            run_api_process(url, env=env, startup_timeout=HANG_GUARD_S)
+        )
         api = stack.enter_context(httpx.Client(base_url=api_process.base_url, timeout=60))
         response = api.post("/ratings", json={"ratings": planted_ratings()})
         assert response.status_code == 201, response.text
