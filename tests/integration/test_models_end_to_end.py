@@ -320,6 +320,15 @@ def test_every_model_from_retrain_to_served_equals_certified(
     _check_lists(
         reply.json(), certified_list(offline, history=[], excluded=["unknown-y"]), 4, version, None
     )
+    # implicit interactions (no ratings): fold_in(items, None) where the model takes a bare
+    # history (the implicit models; flexmf-explicit reads it as liked), the fallback where its
+    # fold_in refuses one (als-biased)
+    seen: list[tuple[str, float | None]] = [(item_id(j), None) for j in (4, 8, 12, 16)]
+    reply = api.post("/recommend", json={"history": [{"item": i} for i, _ in seen], "n": 9})
+    unrated = certified_list(offline, history=seen, excluded=[i for i, _ in seen])
+    if not model.explicit:
+        assert unrated.source == "foldin"
+    _check_lists(reply.json(), unrated, 9, version, None)
 
     # POST /recommend/batch: every kind of row in one call, in request order
     users = [stranger, trained, newcomer, changed, stranger]

@@ -51,15 +51,23 @@ def user_vector(model: Recommender[Any], user: str) -> tuple[torch.Tensor, float
 def fold_in(
     model: Recommender[Any], history: Sequence[tuple[str, float | None]]
 ) -> UserVector | None:
-    """The model's fold-in of a history (items it does not know dropped); None when empty."""
+    """The model's fold-in of a history (items it does not know dropped), or None when nothing in
+    it is usable: the documented meaning of a history, where an entry without a rating is an
+    implicit interaction. Explicit models fold in the rated entries (and refuse a history
+    without any); implicit ones take the ratings only when every entry has one."""
     indices = model.item_ids.indices([item for item, _ in history])
     known = indices >= 0
     if not known.any():
         return None
-    ratings = np.asarray([np.nan if r is None else r for _, r in history], dtype=np.float32)[known]
-    if np.isnan(ratings).all() and not model.explicit:
-        return model.fold_in(indices[known], None)
-    return model.fold_in(indices[known], ratings)
+    ratings = np.asarray([np.nan if r is None else r for _, r in history], dtype=np.float32)
+    items, values = indices[known], ratings[known]
+    rated = ~np.isnan(values)
+    try:
+        if model.explicit and rated.any():
+            return model.fold_in(items[rated], values[rated])
+        return model.fold_in(items, values if rated.all() else None)
+    except ValueError:  # an explicit model given only unrated entries
+        return None
 
 
 def ranked(
