@@ -16,7 +16,7 @@ from service.config import Settings
 from service.db.migrations import check_schema
 from service.db.session import create_db_engine, make_sessionmaker
 from service.errors import install_error_handlers
-from service.metrics_prom import MetricsMiddleware, ServiceMetrics, metrics_endpoint
+from service.metrics import MetricsMiddleware, ServiceMetrics, metrics_endpoint
 from service.serving import model_registry, serving_runtime
 
 

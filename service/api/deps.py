@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from service.api.state import ServiceState
 from service.config import Settings
 from service.db.session import transaction
+from service.domain.ingest import check_external_id
 from service.errors import InvalidInputError, MalformedJSONError
-from service.ingest import check_external_id
 
 
 def get_state(request: Request) -> ServiceState:

@@ -16,8 +16,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, func, select
 
 from service.db.notifications import libpq_dsn
-from service.db.tables import items, ratings
-from service.db.tables import users as users_table
+from service.db.tables import items
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,21 +125,6 @@ class AsyncProfileReader:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.close()
-
-
-def read_profiles(connection: Connection, external_ids: Sequence[str]) -> dict[str, UserProfile]:
-    """Profiles of the given users through a SQLAlchemy connection (same query, for tools)."""
-    users = list(dict.fromkeys(external_ids))
-    if not users:
-        return {}
-    query = (
-        select(users_table.c.external_id, users_table.c.history_version, ratings.c.item_id)
-        .add_columns(ratings.c.rating)
-        .select_from(users_table)
-        .outerjoin(ratings, ratings.c.user_id == users_table.c.id)
-        .where(users_table.c.external_id.in_(users))
-    )
-    return _group([tuple(row) for row in connection.execute(query)])
 
 
 def _group(rows: Sequence[Sequence[Any]]) -> dict[str, UserProfile]:

@@ -1,11 +1,9 @@
-"""Training/inference device choice, thread counts and seeding."""
+"""Training/inference device choice, thread counts and seeded generators."""
 
 from __future__ import annotations
 
 import os
-import random
 
-import numpy as np
 import torch
 
 
@@ -31,10 +29,3 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch global generators (for code that cannot take a generator)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

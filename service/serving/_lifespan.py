@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from service.config import Settings
 from service.db.profiles import AsyncProfileReader
 from service.db.session import create_db_engine, normalize_database_url
-from service.metrics_prom import ServiceMetrics
+from service.metrics import ServiceMetrics
 from service.serving._batcher import Batcher
 from service.serving._requests import ScoreBuffers, batch_function, read_inline
 from service.serving._runtime import ServingRuntime, configure_torch

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.jobs import VersionRecord, get_active_version
 from service.db.notifications import ActivationListener
 from service.db.session import transaction
+from service.db.versions import ModelVersion, get_active_version
 from service.errors import ServiceUnavailableError
 from service.registry import ModelRegistry
 
@@ -30,10 +30,10 @@ class NoModelError(ServiceUnavailableError):
     error = "no_model"
 
 
-def fetch_active_version(sessions: sessionmaker[Session]) -> Callable[[], VersionRecord | None]:
+def fetch_active_version(sessions: sessionmaker[Session]) -> Callable[[], ModelVersion | None]:
     """A function reading the active version's record, for the registry's poll loop."""
 
-    def fetch() -> VersionRecord | None:
+    def fetch() -> ModelVersion | None:
         with transaction(sessions) as session:
             return get_active_version(session)
 

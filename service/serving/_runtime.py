@@ -30,7 +30,7 @@ from service.db.profiles import (
     items_fingerprint,
     read_item_rows,
 )
-from service.metrics_prom import ServiceMetrics
+from service.metrics import ServiceMetrics
 from service.ml.base import Recommender
 from service.ml.device import resolve_device
 from service.registry import ModelRegistry, ServedModel

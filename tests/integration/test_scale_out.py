@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.datasets import RatingTable, load_ml100k
+from service.tools.datasets import RatingTable, load_ml100k
 from tests.support.postgres import PostgresServer
 from tests.support.server import REPO_ROOT, run_api_process
 from tests.support.worker import WorkerProcess, run_worker_process

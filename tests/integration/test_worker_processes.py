@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.datasets import RatingTable, load_ml100k
 from service.db import jobs
 from service.db.session import create_db_engine, make_sessionmaker, transaction
+from service.tools.datasets import RatingTable, load_ml100k
 from tests.support.server import run_api_process
 from tests.support.worker import WorkerProcess, run_worker_process
 from tests.worker.conftest import store_ratings

@@ -327,7 +327,7 @@ def test_implicit_fold_in_reproduces_trained_top10(loss: str) -> None:
 
 # ----- acceptance on MovieLens 100K -------------------------------------------------------------
 def _ml100k() -> Interactions:
-    from service.datasets import load_ml100k
+    from service.tools.datasets import load_ml100k
 
     table = load_ml100k(Path(".cache"))
     return Interactions.from_ids(table.users, table.items, table.ratings, table.timestamps)

@@ -14,7 +14,9 @@ from sqlalchemy import Engine
 
 from service.config import Settings, load_settings
 from service.db import jobs
+from service.db.jobs import TrainingJob
 from service.db.session import make_sessionmaker, transaction
+from service.db.versions import ModelVersion, get_active_version, list_versions
 from service.ml.artifacts import file_sha256, read_artifact
 from service.worker.loop import Worker, run_worker
 from tests.worker.conftest import store_ratings
@@ -41,14 +43,14 @@ def _enqueue(engine: Engine, algorithm: str = "als-biased", config: Any = None) 
         return jobs.enqueue_job(session, algorithm, FAST if config is None else config).job_id
 
 
-def _job(engine: Engine, job_id: int) -> jobs.JobRecord:
+def _job(engine: Engine, job_id: int) -> TrainingJob:
     with transaction(make_sessionmaker(engine)) as session:
         return jobs.get_job(session, job_id)
 
 
-def _active(engine: Engine) -> jobs.VersionRecord | None:
+def _active(engine: Engine) -> ModelVersion | None:
     with transaction(make_sessionmaker(engine)) as session:
-        return jobs.get_active_version(session)
+        return get_active_version(session)
 
 
 def test_a_job_trains_evaluates_and_publishes(rated_engine: Engine, settings: Settings) -> None:
@@ -206,7 +208,7 @@ def test_retention_keeps_the_newest_versions_and_the_active_one(
         _enqueue(rated_engine)
         worker.step()
     with transaction(make_sessionmaker(rated_engine)) as session:
-        versions = jobs.list_versions(session)
+        versions = list_versions(session)
     assert [(v.version, v.pruned_at is None) for v in versions] == [
         (3, True),
         (2, False),

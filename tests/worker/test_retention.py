@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.config import Settings, load_settings
-from service.db import jobs
+from service.db import jobs, versions
 from service.db.session import make_sessionmaker, transaction
 from service.ml.artifacts import read_artifact
 from service.worker.loop import Worker
@@ -37,9 +37,9 @@ def _publish(engine: Engine, worker: Worker) -> int:
     return job.version
 
 
-def _versions(engine: Engine) -> dict[int, jobs.VersionRecord]:
+def _versions(engine: Engine) -> dict[int, versions.ModelVersion]:
     with transaction(make_sessionmaker(engine)) as session:
-        return {v.version: v for v in jobs.list_versions(session)}
+        return {v.version: v for v in versions.list_versions(session)}
 
 
 def _files(settings: Settings) -> set[str]:
@@ -52,28 +52,28 @@ def test_a_rolled_back_active_version_keeps_its_artifact(
     keep_all = Worker(_settings(settings, keep_versions=10), rated_engine)
     assert [_publish(rated_engine, keep_all) for _ in range(3)] == [1, 2, 3]
     with transaction(make_sessionmaker(rated_engine, write=True)) as session:
-        jobs.activate_version(session, 1)  # roll back to the oldest
+        versions.activate_version(session, 1)  # roll back to the oldest
     keep_one = Worker(_settings(settings, keep_versions=1), rated_engine)
 
     assert keep_one.prune_artifacts() == [2]
-    versions = _versions(rated_engine)
-    assert versions[1].active
-    assert [v for v, record in sorted(versions.items()) if record.pruned_at is None] == [1, 3]
-    assert _files(settings) == {versions[1].artifact, versions[3].artifact}
-    served = read_artifact(Path(settings.artifact_dir) / versions[1].artifact, versions[1].sha256)
+    found = _versions(rated_engine)
+    assert found[1].active
+    assert [v for v, record in sorted(found.items()) if record.pruned_at is None] == [1, 3]
+    assert _files(settings) == {found[1].artifact, found[3].artifact}
+    served = read_artifact(Path(settings.artifact_dir) / found[1].artifact, found[1].sha256)
     assert served.model.name == "als-biased"
     with (
         transaction(make_sessionmaker(rated_engine, write=True)) as session,
-        pytest.raises(jobs.VersionUnavailableError),
+        pytest.raises(versions.VersionUnavailableError),
     ):
-        jobs.activate_version(session, 2)
+        versions.activate_version(session, 2)
 
     # once a newer version is active, the rolled-back one is beyond the newest K and goes too
     assert _publish(rated_engine, keep_one) == 4
-    versions = _versions(rated_engine)
-    assert versions[4].active
-    assert _files(settings) == {versions[4].artifact}
-    assert all(versions[v].pruned_at is not None for v in (1, 2, 3))
+    found = _versions(rated_engine)
+    assert found[4].active
+    assert _files(settings) == {found[4].artifact}
+    assert all(found[v].pruned_at is not None for v in (1, 2, 3))
 
 
 def test_unreferenced_files_are_removed_after_an_hour(
