@@ -17,6 +17,9 @@ from service.registry import ModelRegistry
 from service.worker.pipeline import build_interactions
 from tests.support.synthetic import low_rank_ratings
 
+HANG_GUARD_S = 60.0
+"""Only stops a hung test (a poll that never comes); no promise is timed."""
+
 
 @dataclass(frozen=True)
 class Record:
@@ -182,18 +185,16 @@ def test_poll_loop_picks_up_a_new_version(artifacts: tuple[Path, list[ArtifactIn
     source = Source()
     registry = ModelRegistry(source, directory, poll_interval_s=0.01)
 
+    async def until_version(version: int) -> None:
+        while registry.version != version:
+            await asyncio.sleep(0.01)
+
     async def scenario() -> None:
         source.record = _record(1, first)
         registry.start()
-        for _ in range(500):
-            if registry.version == 1:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(until_version(1), HANG_GUARD_S)
         source.record = _record(2, second)
-        for _ in range(500):
-            if registry.version == 2:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(until_version(2), HANG_GUARD_S)
         await registry.stop()
 
     asyncio.run(scenario())

@@ -168,10 +168,14 @@ def test_fold_in_and_similar_items(api: Client) -> None:
         api.similar("no-such-item")
 
 
+HANG_GUARD_S = 120.0
+"""Only stops a hung test (a version never served); no promise is timed."""
+
+
 def _wait_served(api: Client, version: int) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S
     while api.readiness().model_version != version:
-        assert time.monotonic() < deadline, f"version {version} was not served within 60 s"
+        assert time.monotonic() < deadline, f"hung waiting for version {version} to be served"
         time.sleep(0.1)
 
 

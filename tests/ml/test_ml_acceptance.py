@@ -1,4 +1,8 @@
-"""Acceptance on MovieLens 100K with default configs (slow: trains on the real data set)."""
+"""Acceptance on MovieLens 100K with default configs (slow: trains on the real data set).
+
+Bounds are what the models reach minus a margin: als-biased 0.898 RMSE (a bias-only model 0.932),
+als-implicit 0.438 nDCG@10 (popular 0.22 on the same protocol).
+"""
 
 from __future__ import annotations
 
@@ -24,4 +28,4 @@ def test_als_biased_default_rmse_on_90_10_split(ml100k) -> None:  # type: ignore
 
 def test_als_implicit_default_ndcg_on_user_holdout(ml100k) -> None:  # type: ignore[no-untyped-def]
     result = fit_and_test(create_model("als-implicit", {}), ml100k, 42, show_progress=False)
-    assert result.metrics["ndcg@10"] >= 0.34
+    assert result.metrics["ndcg@10"] >= 0.42
