@@ -253,7 +253,8 @@ def test_recommend_ranks_by_the_models_own_scores(
     fitted: Recommender[Any], data: Interactions
 ) -> None:
     """`recommend` returns the n best-scoring items not excluded, best first, with the scores
-    that `score_users` gives them; an n beyond the catalog ends with the excluded items at -inf."""
+    that `score_users` gives them; an n beyond the catalog lists every item not excluded, and a
+    row with fewer items to offer is padded with index -1 at -inf."""
     users = torch.tensor([0, 7, 13])
     embeddings, biases = fitted.user_parameters(users)
     scores = fitted.score_users(users)
@@ -269,7 +270,11 @@ def test_recommend_ranks_by_the_models_own_scores(
         left_out[top[row]] = False
         assert float(scores[row][left_out].max()) <= float(values[row][-1])
     every, every_value = fitted.recommend(embeddings, biases, data.n_items + 5, exclude=exclude)
-    assert every.shape == (3, data.n_items)
+    offered = [data.n_items - len(set(excluded.tolist())) for excluded in exclude]
+    assert every.shape == (3, max(offered))
     for row, excluded in enumerate(exclude):
-        assert set(every[row, -len(excluded) :].tolist()) == set(excluded.tolist())
-        assert bool(torch.isneginf(every_value[row, -len(excluded) :]).all())
+        listed = every[row, : offered[row]].tolist()
+        assert set(listed) == set(range(data.n_items)) - set(excluded.tolist())
+        assert bool(torch.isfinite(every_value[row, : offered[row]]).all())
+        assert set(every[row, offered[row] :].tolist()) <= {-1}
+        assert bool(torch.isneginf(every_value[row, offered[row] :]).all())
