@@ -15,6 +15,7 @@ from service.api.state import LifespanState, ServiceState
 from service.config import Settings
 from service.db.migrations import check_schema
 from service.db.session import create_db_engine, make_sessionmaker
+from service.domain.group_commit import RatingWriter
 from service.errors import install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics, metrics_endpoint
 from service.serving import model_registry, serving_runtime
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
                 sessions=make_sessionmaker(engine),
                 write_sessions=make_sessionmaker(engine, write=True),
             )
+            state.rating_writer = RatingWriter(state.write_sessions)
             async with (
                 model_registry(state),  # loads the active model, polls for new ones
                 serving_runtime(state, metrics),  # item catalog and tables of the serving calls

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
+from service.domain.group_commit import RatingWriter
 
 if TYPE_CHECKING:
     from service.registry import ModelRegistry
@@ -29,6 +30,8 @@ class ServiceState:
     """Read sessions (SQLite: deferred transactions)."""
     write_sessions: sessionmaker[Session]
     """Write sessions (SQLite: BEGIN IMMEDIATE, so writers queue instead of failing)."""
+    rating_writer: RatingWriter | None = None
+    """Group commit of `POST /ratings` (set by the lifespan; see `service.domain.group_commit`)."""
     readiness: list[ReadinessCheck] = field(default_factory=list)
     """Extra `/readyz` checks (such as the served model version) added by later components."""
     registry: ModelRegistry | None = None

@@ -86,6 +86,22 @@ def upsert_ratings(session: Session, batch: RatingBatch, *, now: datetime) -> Up
     return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
 
 
+def lock_group(session: Session, batches: Sequence[RatingBatch], *, now: datetime) -> None:
+    """Create and lock every user and item of several batches at once (PostgreSQL only).
+
+    Batches upserted one after another in one transaction would otherwise lock their users in
+    per-batch order, and two such transactions could deadlock; this takes all locks up front
+    in the one fixed order `upsert_ratings` uses. SQLite's single writer needs nothing.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    user_ids = {user for batch in batches for user in batch.users}
+    item_ids = {item for batch in batches for item in batch.items}
+    _resolve_ids(connection, users, user_ids, now, lock=True)
+    _resolve_ids(connection, items, item_ids, now, lock=False)
+
+
 def _winning_rows(batch: RatingBatch) -> list[int]:
     """Indices of the rows that win within the batch: newest time, ties to the later row."""
     best: dict[tuple[str, str], int] = {}
