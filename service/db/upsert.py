@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from service.db.copy_upsert import COPY_MIN_ROWS, copy_upsert_ratings
 from service.db.tables import items, users
 
 SQLITE_CHUNK = 4_000
@@ -77,7 +78,9 @@ def upsert_ratings(session: Session, batch: RatingBatch, *, now: datetime) -> Up
         )
         for i in winners
     )
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+        inserted, updated, changed_users = copy_upsert_ratings(connection, rows, now)
+    elif connection.dialect.name == "postgresql":
         inserted, updated, changed_users = _write_postgresql(connection, rows, now)
     else:
         inserted, updated, changed_users = _write_sqlite(connection, rows, now)
