@@ -1,8 +1,10 @@
 """Ingest throughput: `POST /ratings` against a real uvicorn server, and `mfserve import`.
 
 Run from the repository root: `python -m bench.ingest` (or `python bench/ingest.py`).
-Prints ratings per second for batches of 1, 100 and 1,000 rows and for the importer, on
-SQLite (a file) and PostgreSQL (a throwaway server started with initdb/pg_ctl, fsync on).
+Prints ratings per second for concurrent single-rating clients (`wrk` at 1, 8 and 32
+connections, with p99 latency), for batches of 1, 100 and 1,000 rows posted one request after
+another, and for the importer, on SQLite (a file) and PostgreSQL (a throwaway server started
+with initdb/pg_ctl, fsync on). `wrk` must be installed (`apt-get install -y wrk`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +69,48 @@ def post_rate(base_url: str, rows: list[Row], batch_size: int) -> float:
         return len(rows) / (time.perf_counter() - started)
 
 
+WRK_SCRIPT = """
+local made = 0
+function setup(thread)
+  made = made + 1
+  thread:set("tid", made)
+end
+function init(args)
+  run = args[1]
+  n = 0
+end
+function request()
+  n = n + 1
+  -- users of 100 ratings each, as real clients send them: one rating per request
+  local body = string.format(
+    '{"user":"%s-%d-%d","item":"i%d","rating":4.0}', run, tid, math.floor(n / 100), n % 1682)
+  return wrk.format("POST", "/ratings", {["Content-Type"] = "application/json"}, body)
+end
+function done(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(99), summary.errors.status + summary.errors.connect
+    + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_rate(base_url: str, connections: int, seconds: int, workdir: Path) -> tuple[float, float]:
+    """(single-rating requests/s, p99 ms) of `wrk` posting one new rating per request."""
+    script = workdir / "post_rating.lua"
+    script.write_text(WRK_SCRIPT)
+    threads = min(connections, 2)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+    command += ["-s", str(script), base_url, "--", f"w{connections}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    match = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+)", result.stdout)
+    if match is None:
+        raise RuntimeError(f"unexpected wrk output: {result.stdout}{result.stderr}")
+    requests, duration_us, p99_us, errors = (int(value) for value in match.groups())
+    if errors:
+        raise RuntimeError(f"wrk saw {errors} failed requests: {result.stdout}")
+    return requests / (duration_us / 1e6), p99_us / 1000
+
+
 def import_rate(url: str) -> tuple[float, float]:
     """(ratings/s the importer reports, ratings/s over the command's whole wall time)."""
     env = {**os.environ, "MFSERVE_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)}
@@ -87,7 +132,10 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--single-rows", type=int, default=2_000, help="rows posted one by one")
     parser.add_argument("--rows", type=int, default=100_000, help="rows posted in batches")
+    parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds of each wrk run")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (apt-get install -y wrk)")
 
     table = load_ml100k(REPO_ROOT / ".cache")
     rows: list[Row] = [
@@ -98,12 +146,24 @@ def main() -> None:
     ]
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
     results: list[tuple[str, str, float]] = []
+    latencies: list[tuple[str, int, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="mfserve-bench-") as tmp:
         workdir = Path(tmp)
         for backend in args.backends:
             with fresh_database(backend, workdir, "api") as url:
                 env = {"MFSERVE_ARTIFACT_DIR": str(workdir / "artifacts")}
                 with run_api_process(url, env=env) as server:
+                    for connections in (1, 8, 32):
+                        seconds = args.wrk_seconds
+                        rate, p99 = wrk_rate(server.base_url, connections, seconds, workdir)
+                        path = f"wrk, one rating per request, {connections} connections"
+                        results.append((backend, path, rate))
+                        latencies.append((backend, connections, rate, p99))
+                        print(
+                            f"{backend:10} wrk c={connections:<3}    {rate:>10,.0f} ratings/s"
+                            f"  p99 {p99:,.0f} ms",
+                            flush=True,
+                        )
                     for size in (1, 100, 1000):
                         count = args.single_rows if size == 1 else args.rows
                         # a user prefix per run, so that every run inserts new pairs
@@ -125,6 +185,9 @@ def main() -> None:
     print("\n| backend | path | ratings/s |\n|---|---|---:|")
     for backend, path, rate in results:
         print(f"| {backend} | {path} | {rate:,.0f} |")
+    print("\n| backend | connections | requests/s | p99 |\n|---|---:|---:|---:|")
+    for backend, connections, rate, p99 in latencies:
+        print(f"| {backend} | {connections} | {rate:,.0f} | {p99:,.0f} ms |")
 
 
 if __name__ == "__main__":

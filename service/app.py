@@ -16,6 +16,7 @@ from service.config import Settings
 from service.db.migrations import check_schema
 from service.db.serving_reads import create_serving_engine, serving_readers
 from service.db.session import create_db_engine, make_sessionmaker
+from service.domain.group_commit import RatingWriter
 from service.errors import install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics, metrics_endpoint
 from service.ml.device import configure_threads, resolve_device
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
             configure_threads(settings.torch_threads)
             device = resolve_device(settings.serving_device)
             sessions = make_sessionmaker(engine)
+            write_sessions = make_sessionmaker(engine, write=True)
             read_engine = create_serving_engine(settings.database_url)
             try:
                 async with (
@@ -49,7 +51,8 @@ def create_app(settings: Settings) -> FastAPI:
                             settings=settings,
                             engine=engine,
                             sessions=sessions,
-                            write_sessions=make_sessionmaker(engine, write=True),
+                            write_sessions=write_sessions,
+                            rating_writer=RatingWriter(write_sessions),
                             registry=registry,
                             serving=runtime,
                             readiness=[registry_readiness(registry)],

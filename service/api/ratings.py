@@ -13,6 +13,7 @@ from service.api.deps import (
     JsonBodyDep,
     SessionDep,
     SettingsDep,
+    StateDep,
     UserPath,
     WriteSessionDep,
 )
@@ -31,7 +32,6 @@ from service.api.schemas import (
     UserRatingsPage,
 )
 from service.db import queries
-from service.db.upsert import upsert_ratings
 from service.domain.ingest import InvalidRatingsError, PayloadShapeError, RatingRules, parse_payload
 from service.errors import InvalidInputError, NotFoundError
 
@@ -59,10 +59,12 @@ BODY_COMPONENTS: dict[str, Any] = BODY_SCHEMA.pop("$defs", {})
         422: {"description": "invalid rows, each named by index and field; nothing stored"},
     },
 )
-def post_ratings(
-    payload: JsonBodyDep, session: WriteSessionDep, settings: SettingsDep
-) -> IngestResult:
-    """Store `{"user", "item", "rating"?, "timestamp"?}` or `{"ratings": [...]}`, all or nothing."""
+def post_ratings(payload: JsonBodyDep, state: StateDep, settings: SettingsDep) -> IngestResult:
+    """Store `{"user", "item", "rating"?, "timestamp"?}` or `{"ratings": [...]}`, all or nothing.
+
+    The reply goes out once the transaction holding the ratings has committed; requests that
+    arrive together share it (group commit), each still all or nothing.
+    """
     now = datetime.now(UTC)
     rules = RatingRules.from_settings(settings, now)
     try:
@@ -75,7 +77,7 @@ def post_ratings(
             for error in exc.errors[:MAX_REPORTED_ERRORS]
         ]
         raise InvalidInputError(errors, error_count=len(exc.errors)) from None
-    counts = upsert_ratings(session, batch, now=now)
+    counts = state.rating_writer.write(batch, now=now)
     return IngestResult(inserted=counts.inserted, updated=counts.updated, ignored=counts.ignored)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
+from service.domain.group_commit import RatingWriter
 from service.recommend import Serving
 from service.registry import ModelRegistry
 
@@ -27,6 +28,8 @@ class ServiceState:
     """Read sessions (SQLite: deferred transactions)."""
     write_sessions: sessionmaker[Session]
     """Write sessions (SQLite: BEGIN IMMEDIATE, so writers queue instead of failing)."""
+    rating_writer: RatingWriter
+    """Group commit of `POST /ratings` (`service.domain.group_commit`)."""
     registry: ModelRegistry
     """The model version this process serves, with its serving tables (`service.registry`)."""
     serving: Serving

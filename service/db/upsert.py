@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from service.db.copy_upsert import COPY_MIN_ROWS, copy_upsert_ratings
 from service.db.tables import items, users
 
 SQLITE_CHUNK = 4_000
@@ -77,13 +78,31 @@ def upsert_ratings(session: Session, batch: RatingBatch, *, now: datetime) -> Up
         )
         for i in winners
     )
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+        inserted, updated, changed_users = copy_upsert_ratings(connection, rows, now)
+    elif connection.dialect.name == "postgresql":
         inserted, updated, changed_users = _write_postgresql(connection, rows, now)
     else:
         inserted, updated, changed_users = _write_sqlite(connection, rows, now)
     touch_users(connection, changed_users, now)
     session.flush()
     return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
+
+
+def lock_group(session: Session, batches: Sequence[RatingBatch], *, now: datetime) -> None:
+    """Create and lock every user and item of several batches at once (PostgreSQL only).
+
+    Batches upserted one after another in one transaction would otherwise lock their users in
+    per-batch order, and two such transactions could deadlock; this takes all locks up front
+    in the one fixed order `upsert_ratings` uses. SQLite's single writer needs nothing.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    user_ids = {user for batch in batches for user in batch.users}
+    item_ids = {item for batch in batches for item in batch.items}
+    _resolve_ids(connection, users, user_ids, now, lock=True)
+    _resolve_ids(connection, items, item_ids, now, lock=False)
 
 
 def _winning_rows(batch: RatingBatch) -> list[int]:
