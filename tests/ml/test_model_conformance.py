@@ -32,6 +32,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "fold_in_regularization": 0.1,  # skips the (slow) fold-in calibration at the end of fit
         "device": "cpu",
     },
+    "fm-explicit": {"embedding_size": 8, "epochs": 15, "batch_size": 128, "device": "cpu"},
+    "fm-implicit": {"embedding_size": 8, "epochs": 10, "batch_size": 256, "device": "cpu"},
 }
 """Small, fast configs; every other option keeps its default."""
 
