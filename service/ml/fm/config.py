@@ -78,6 +78,14 @@ class FMConfigBase(BaseModel):
     reg_bias: float = Field(default=0.01, ge=0)
     """L2 strength on every feature's linear weight (bias), per interaction."""
 
+    uniform_regularization: float = Field(default=0.0, ge=0)
+    """L2 strength on each embedding that does not grow with how often its feature occurs: each
+    interaction adds this divided by the feature's number of training interactions (damping)."""
+
+    bias_damping: float = Field(default=0.0, ge=0)
+    """Like `uniform_regularization`, for the features' linear weights (LensKit's damping), so
+    rare users, items and categories are shrunk towards the mean."""
+
     fold_in_regularization: float = Field(default=0.1, gt=0)
     """Ridge strength per rated item of the fold-in solve of a new user's own embedding and bias
     (on top of what their attributes and history give through the features)."""

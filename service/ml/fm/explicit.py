@@ -148,7 +148,7 @@ class _ExplicitTrainer(FMTrainer):
         samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         generator: torch.Generator,
     ) -> None:
-        super().__init__(params, owner.config, user_rows, item_rows, len(samples[0]), generator)
+        super().__init__(params, owner.config, user_rows, item_rows, samples[:2], generator)
         self.owner = owner
         self.users, self.items, self.values = samples
 

@@ -97,7 +97,7 @@ class _ImplicitTrainer(FMTrainer):
         sampler: NegativeSampler,
         generator: torch.Generator,
     ) -> None:
-        super().__init__(params, config, user_rows, item_rows, len(users), generator)
+        super().__init__(params, config, user_rows, item_rows, (users, items), generator)
         self.implicit_config = config
         self.users, self.items, self.sampler = users, items, sampler
 

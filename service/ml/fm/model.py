@@ -82,6 +82,11 @@ class DeviceRows:
             values=torch.as_tensor(rows.values, device=device),
         )
 
+    @property
+    def n_rows(self) -> int:
+        """Number of entities."""
+        return int(self.indptr.shape[0] - 1)
+
     def select(self, entities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flattened (feature index, value, position in `entities`) of the given rows."""
         starts = self.indptr[entities]

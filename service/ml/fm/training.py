@@ -37,23 +37,34 @@ class FMTrainer(ABC):
         config: FMConfigBase,
         user_rows: DeviceRows,
         item_rows: DeviceRows,
-        n_samples: int,
+        samples: tuple[torch.Tensor, torch.Tensor],
         generator: torch.Generator,
     ) -> None:
         self.params = params
         self.config = config
         self.user_rows = user_rows
         self.item_rows = item_rows
-        self.n_samples = n_samples
+        users, items = samples
+        self.n_samples = len(users)
         self.generator = generator
         self.device = params.user_table.device
         self.optimizer = RowSparseAdam(list(params.parameters()), lr=config.learning_rate)
-        self.user_reg = params.user_layout.group_weights(
-            config.reg_user_id, config.reg_user_features, config.reg_implicit
-        ).to(self.device)
-        self.item_reg = params.item_layout.group_weights(
-            config.reg_item_id, config.reg_item_features, 0.0
-        ).to(self.device)
+        user_counts = _occurrences(user_rows, users, params.user_layout.size)
+        item_counts = _occurrences(item_rows, items, params.item_layout.size)
+        self.user_reg = (
+            params.user_layout.group_weights(
+                config.reg_user_id, config.reg_user_features, config.reg_implicit
+            ).to(self.device)
+            + config.uniform_regularization / user_counts
+        )
+        self.item_reg = (
+            params.item_layout.group_weights(config.reg_item_id, config.reg_item_features, 0.0).to(
+                self.device
+            )
+            + config.uniform_regularization / item_counts
+        )
+        self.user_bias_reg = config.reg_bias + config.bias_damping / user_counts
+        self.item_bias_reg = config.reg_bias + config.bias_damping / item_counts
         self.epochs_trained = 0
         self.best_epoch = 0
 
@@ -65,12 +76,13 @@ class FMTrainer(ABC):
         table = self.params.user_table if user_side else self.params.item_table
         rows = self.user_rows if user_side else self.item_rows
         reg = self.user_reg if user_side else self.item_reg
+        bias_reg = self.user_bias_reg if user_side else self.item_bias_reg
         index, values, segment = rows.select(entities)
         gathered = self.optimizer.gather(table, index)
         embedding, bias = side_sums(gathered, values, segment, len(entities))
         k = gathered.shape[1] - 1
         per_row = reg[index] * gathered[:, :k].square().sum(1)
-        per_row = (per_row + self.config.reg_bias * gathered[:, k].square()) * values.square()
+        per_row = (per_row + bias_reg[index] * gathered[:, k].square()) * values.square()
         penalty = torch.zeros(len(entities), dtype=gathered.dtype, device=self.device)
         return embedding, bias, penalty.index_add(0, segment, per_row)
 
@@ -126,3 +138,12 @@ class FMTrainer(ABC):
         else:
             self.best_epoch = self.epochs_trained
         return losses
+
+
+def _occurrences(rows: DeviceRows, entities: torch.Tensor, size: int) -> torch.Tensor:
+    """How many training interactions reach each table row (at least 1)."""
+    counts = torch.bincount(entities, minlength=rows.n_rows).to(torch.float32)
+    lengths = rows.indptr[1:] - rows.indptr[:-1]
+    total = torch.zeros(size, device=counts.device)
+    total.index_add_(0, rows.indices, torch.repeat_interleave(counts, lengths))
+    return total.clamp(min=1.0)
