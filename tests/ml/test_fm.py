@@ -213,6 +213,9 @@ def _direct_fm(model: FMScorer[Any], data: Interactions, user: int, item: int) -
     )
     for j, v in zip(indices, values, strict=True):
         x[shift + i_layout.feature_offset + j] += v
+    raters = np.unique(data.item_csr().row(item)[0])
+    if i_layout.implicit:
+        x[shift + i_layout.implicit_offset + raters] += 1.0 / np.sqrt(len(raters))
     k = table.shape[1] - 1
     v_mat, w = table[:, :k], table[:, k]
     linear = float(w @ x)
@@ -227,9 +230,12 @@ def test_factor_form_equals_the_fm_formula(name: str) -> None:
     if name == "fm-implicit":
         data = dataclasses.replace(data, values=None)
     # large random initial parameters and one epoch: arbitrary tables, every group present
-    model = _fit(name, data, epochs=1, init_scale=0.5, implicit_feedback=True)
-    layout = model.user_layout
-    assert min(layout.ids, layout.features, layout.implicit, model.item_layout.features) > 0
+    model = _fit(
+        name, data, epochs=1, init_scale=0.5, implicit_feedback=True, item_implicit_feedback=True
+    )
+    user_layout, item_layout = model.user_layout, model.item_layout
+    assert min(user_layout.ids, user_layout.features, user_layout.implicit) > 0
+    assert min(item_layout.ids, item_layout.features, item_layout.implicit) > 0
     rng = np.random.default_rng(0)
     users = rng.integers(N_USERS, size=25)
     items = rng.integers(N_ITEMS - N_COLD, size=25)

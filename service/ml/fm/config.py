@@ -37,6 +37,10 @@ class FMConfigBase(BaseModel):
     """Add the user's set of rated items as user features, each valued 1/sqrt(history length)
     (SVD++'s implicit feedback), with an embedding table of its own."""
 
+    item_implicit_feedback: bool = False
+    """Add the set of users who interacted with an item as item features, each valued
+    1/sqrt(their number) (the item-side twin of `implicit_feedback`); a cold item has none."""
+
     features: FeatureSelection = FeatureSelection()
     """Which attributes and tags are features and how numbers are encoded."""
 

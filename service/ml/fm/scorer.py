@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from service.ml.base import ItemParameters, ModelNotFittedError, Recommender, UserVector
-from service.ml.data import IndexArray, Interactions, ValueArray
+from service.ml.data import CSR, IndexArray, Interactions, ValueArray
 from service.ml.device import resolve_device
 from service.ml.features import (
     Attributes,
@@ -51,9 +51,8 @@ def _identity_rows(n: int) -> SparseRows:
     )
 
 
-def implicit_rows(data: Interactions) -> SparseRows:
-    """Each user's training items, valued 1/sqrt(their number)."""
-    csr = data.user_csr()
+def implicit_rows(csr: CSR) -> SparseRows:
+    """Each row's columns (a user's items, an item's users), valued 1/sqrt(their number)."""
     counts = csr.counts()
     scale = 1.0 / np.sqrt(np.maximum(counts, 1)).astype(np.float32)
     return SparseRows(
@@ -101,7 +100,11 @@ class FMScorer(Recommender[ConfigT], ABC):
             self.encoder.user.size,
             data.n_items if config.implicit_feedback else 0,
         )
-        self.item_layout = SideLayout(data.n_items if config.item_id else 0, self.encoder.item.size)
+        self.item_layout = SideLayout(
+            data.n_items if config.item_id else 0,
+            self.encoder.item.size,
+            data.n_users if config.item_implicit_feedback else 0,
+        )
         self.user_ids, self.item_ids = data.user_ids, data.item_ids
         user_parts = [
             (self.encoder.user_rows(data.features, data.user_ids.ids), self.user_layout.ids)
@@ -109,12 +112,14 @@ class FMScorer(Recommender[ConfigT], ABC):
         if config.user_id:
             user_parts.append((_identity_rows(data.n_users), 0))
         if config.implicit_feedback:
-            user_parts.append((implicit_rows(data), self.user_layout.implicit_offset))
+            user_parts.append((implicit_rows(data.user_csr()), self.user_layout.implicit_offset))
         item_parts = [
             (self.encoder.item_rows(data.features, data.item_ids.ids), self.item_layout.ids)
         ]
         if config.item_id:
             item_parts.append((_identity_rows(data.n_items), 0))
+        if config.item_implicit_feedback:
+            item_parts.append((implicit_rows(data.item_csr()), self.item_layout.implicit_offset))
         user_rows = hstack_rows(user_parts, data.n_users)
         item_rows = hstack_rows(item_parts, data.n_items)
         params = FMParameters(
