@@ -102,7 +102,38 @@ class FMConfigBase(BaseModel):
 
 
 class FMExplicitConfig(FMConfigBase):
-    """Factorization machine for explicit ratings: squared loss on residuals from the mean."""
+    """Factorization machine for explicit ratings: squared loss on residuals from the mean.
+
+    Defaults were chosen on the validation slice of ML-100K's seeded 90/10 rating split.
+    """
+
+    item_implicit_feedback: bool = True
+    """Add the set of users who rated an item as item features, each valued 1/sqrt(their
+    number) (the item-side twin of `implicit_feedback`); a cold item has none."""
+
+    epochs: int = Field(default=15, ge=1)
+    """Number of passes over the training ratings (the maximum with early stopping)."""
+
+    batch_size: int = Field(default=4096, ge=1)
+    """Ratings per minibatch."""
+
+    learning_rate: float = Field(default=0.01, gt=0)
+    """Initial step size of the (row-sparse, lazy) Adam optimizer."""
+
+    reg_user_id: float = Field(default=0.2, ge=0)
+    """L2 strength on user-id embeddings, per rating of the user."""
+
+    reg_item_id: float = Field(default=0.2, ge=0)
+    """L2 strength on item-id embeddings, per rating of the item."""
+
+    reg_user_features: float = Field(default=0.2, ge=0)
+    """L2 strength on user-attribute embeddings, per rating (times the value squared)."""
+
+    reg_item_features: float = Field(default=0.2, ge=0)
+    """L2 strength on item tag/attribute embeddings, per rating (times the value squared)."""
+
+    reg_implicit: float = Field(default=0.2, ge=0)
+    """L2 strength on the implicit-feedback embeddings, per rating (times 1/set size)."""
 
     early_stopping_patience: int = Field(default=3, ge=1)
     """Epochs without improvement of validation RMSE before training stops (only when `fit`
