@@ -3,6 +3,7 @@ of trained users and items, features-only vectors of cold users and items, persi
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -205,12 +206,8 @@ class FMScorer(Recommender[ConfigT], ABC):
         item-id part): for items created after training. Rows line up with `item_ids`."""
         table = self._tensor("item_table")
         rows = self.encoder.item_rows(features, item_ids)
-        device_rows = DeviceRows.of(rows, table.device)
-        shifted = DeviceRows(
-            device_rows.indptr, device_rows.indices + self.item_layout.feature_offset,
-            device_rows.values,
-        )  # fmt: skip
-        factors, bias = all_side_sums(table, shifted, len(item_ids))
+        shifted = dataclasses.replace(rows, indices=rows.indices + self.item_layout.feature_offset)
+        factors, bias = all_side_sums(table, DeviceRows.of(shifted, table.device), len(item_ids))
         return ItemParameters(factors=factors, bias=bias, global_bias=self.global_bias)
 
     def fold_in(
