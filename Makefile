@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed clients/python/pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e clients/python
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,6 +43,7 @@ lint: dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict service
+	$(VENV)/bin/mypy --strict clients/python/mfserve_client
 
 format: dev
 	$(VENV)/bin/ruff format .

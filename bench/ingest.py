@@ -25,8 +25,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from service.datasets import load_ml100k  # noqa: E402
 from service.db.migrations import upgrade_to_head  # noqa: E402
+from service.tools.datasets import load_ml100k  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.server import run_api_process  # noqa: E402
 

@@ -53,7 +53,7 @@ from service.ml.metrics import (  # noqa: E402
     model_predict_fn,
     model_score_fn,
 )
-from service.offline import fit_data, format_table, load_dataset, split_for  # noqa: E402
+from service.tools.offline import fit_data, format_table, load_dataset, split_for  # noqa: E402
 
 OURS = ("popular", "als-biased", "als-implicit", "flexmf-explicit", "flexmf-implicit")
 PEERS = (

@@ -1,14 +1,27 @@
-"""Command line: `mfserve api | worker | migrate | import | train` (also `python -m service`)."""
+"""Command line: `mfserve api | worker | migrate | import | train` (also `python -m service`).
+
+Each command imports its layer only when it runs, so `mfserve --help` and `mfserve migrate`
+do not load torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from service.config import Settings, SettingsError, load_settings
+
+IMPORT_FORMATS = ("movielens-csv", "ml100k-udata", "recbole-inter", "csv")
+"""File formats `mfserve import --format` names (`auto` picks one from the file)."""
+
+WORKER_STOP_TIMEOUT = 30.0
+"""Seconds the worker child of `mfserve api --with-worker` gets to finish after SIGTERM."""
 
 
 def _parse_json_object(text: str) -> dict[str, object]:
@@ -26,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", help="interface to bind (MFSERVE_HOST)")
     api.add_argument("--port", type=int, help="TCP port (MFSERVE_PORT)")
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.add_argument(
         "--with-worker",
         action="store_true",
@@ -44,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", choices=["ml-100k"], help="download and import a dataset")
     importer.add_argument(
         "--format",
-        choices=["auto", "movielens-csv", "ml100k-udata", "recbole-inter", "csv"],
+        choices=["auto", *IMPORT_FORMATS],
         default="auto",
         help="file format (auto: from the file name and header)",
     )
@@ -70,11 +82,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_worker() -> subprocess.Popen[bytes]:
+    """Start `python -m service worker` as a child process (it reads the same environment)."""
+    return subprocess.Popen([sys.executable, "-m", "service", "worker"])
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Ask the worker to stop, and kill it if it does not within WORKER_STOP_TIMEOUT."""
+    if worker.poll() is not None:
+        return
+    worker.terminate()
+    try:
+        worker.wait(WORKER_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_api(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    with_worker: bool = False,
+) -> int:
+    """Serve the API until interrupted; returns the exit code (1: schema not migrated)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.db.migrations import SchemaNotCurrentError, check_schema
+    from service.db.session import create_db_engine
+    from service.domain.training import default_model_problem
+
+    problem = default_model_problem(settings)
+    if problem is not None:
+        print(f"mfserve: {problem}", file=sys.stderr)
+        return 2
+    engine = create_db_engine(settings.database_url)
+    try:
+        check_schema(engine)
+    except SchemaNotCurrentError as exc:
+        print(f"mfserve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    worker = start_worker() if with_worker else None
+    if worker is not None:
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown with the handlers it found
+        # at start; with the default SIGTERM action that would end this process before `finally`
+        # stops the worker, leaving it orphaned. A Python handler turns it into SystemExit.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        config = uvicorn.Config(
+            create_app(settings),
+            host=host or settings.host,
+            port=port or settings.port,
+            log_level=settings.log_level,
+        )
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else 1
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Dispatch a parsed command line; returns the process exit code."""
     if args.command == "api":
-        from service.server import run_api
-
         return run_api(settings, host=args.host, port=args.port, with_worker=args.with_worker)
     if args.command == "worker":
         from service.worker.loop import run_worker
@@ -86,13 +165,35 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         upgrade_to_head(settings.database_url)
         return 0
     if args.command == "import":
-        from service.importer import run_import_command
+        from service.tools.importer import CsvColumns, run_import_command
 
-        return run_import_command(settings, args)
+        return run_import_command(
+            settings,
+            path=args.path,
+            dataset=args.dataset,
+            fmt=args.format,
+            columns=CsvColumns(
+                delimiter=args.delimiter,
+                user=args.user_column,
+                item=args.item_column,
+                rating=args.rating_column,
+                timestamp=args.timestamp_column,
+            ),
+            batch_size=args.batch_size,
+            skip_invalid=args.skip_invalid,
+            progress=not args.no_progress,
+        )
     if args.command == "train":
-        from service.offline import run_train_command
+        from service.tools.offline import run_train_command
 
-        return run_train_command(settings, args)
+        return run_train_command(
+            settings,
+            dataset=args.dataset,
+            model_name=args.model,
+            config=args.config,
+            seed=args.seed,
+            output=args.output,
+        )
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -11,9 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MFSERVE_"
 
-ALGORITHMS = ("popular", "als-biased", "als-implicit", "flexmf-explicit", "flexmf-implicit")
-"""Model names that training jobs accept (the names of `service.ml.catalog`)."""
-
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -62,9 +59,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=1, ge=1, le=256)
     """Intra-op threads of torch/BLAS in the API process (the worker uses all cores)."""
 
-    # ----- training worker and model registry (issue 4) ------------------------------------
+    # ----- training worker and model registry ----------------------------------------------
     default_algorithm: str = "als-biased"
-    """Model trained by scheduled retraining (and by `POST /admin/retrain` without a config)."""
+    """Model trained by scheduled retraining (and by `POST /admin/retrain` without a config);
+    a name of `service.ml.catalog`, checked when the API and the worker start."""
 
     default_config: dict[str, Any] = Field(default_factory=dict)
     """JSON object of hyper-parameters for `DEFAULT_ALGORITHM` ({} keeps the model's defaults)."""
@@ -103,7 +101,7 @@ class Settings(BaseSettings):
     training_seed: int = 42
     """Seed of the validation holdout of every retrain."""
 
-    # ----- serving (issue 5) ---------------------------------------------------------------
+    # ----- serving -------------------------------------------------------------------------
     max_recommendations: int = Field(default=1000, ge=1, le=100_000)
     """Largest `n` of a recommendation or similar-items call; a larger `n` is refused (422)."""
 
@@ -123,6 +121,10 @@ class Settings(BaseSettings):
 
     item_refresh_interval: float = Field(default=2.0, gt=0)
     """Seconds between checks for changed item metadata (tags) in the serving catalog."""
+
+    profile_cache_ratings: int = Field(default=1_000_000, ge=0)
+    """Most ratings an API process keeps of users changed since the served model's snapshot
+    (about 12 bytes each), so that an active user's next call reads only their marker."""
 
     serving_device: str = "cpu"
     """Device the API process scores on (`cpu`, `cuda`, `cuda:1` or `auto`)."""
@@ -149,13 +151,6 @@ class Settings(BaseSettings):
     def _known_device(cls, value: str) -> str:
         if value != "auto" and not value.startswith(("cpu", "cuda", "mps")):
             raise ValueError("must be cpu, cuda, cuda:N, mps or auto")
-        return value
-
-    @field_validator("default_algorithm")
-    @classmethod
-    def _known_algorithm(cls, value: str) -> str:
-        if value not in ALGORITHMS:
-            raise ValueError(f"must be one of {', '.join(ALGORITHMS)}")
         return value
 
     @model_validator(mode="after")

@@ -166,6 +166,6 @@ def api_server(database_url: str, tmp_path: Path) -> Iterator[ApiProcess]:
 @pytest.fixture(scope="session")
 def ml100k_path() -> Path:
     """MovieLens 100K's `.inter` file (downloaded once into ./.cache)."""
-    from service.datasets import fetch_ml100k
+    from service.tools.datasets import fetch_ml100k
 
     return fetch_ml100k(REPO_ROOT / ".cache")

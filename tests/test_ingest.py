@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.ingest import (
+from service.domain.ingest import (
     InvalidRatingsError,
     PayloadShapeError,
     RatingRules,

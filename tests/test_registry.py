@@ -17,6 +17,9 @@ from service.registry import ModelRegistry
 from service.worker.pipeline import build_interactions
 from tests.support.synthetic import low_rank_ratings
 
+HANG_GUARD_S = 60.0
+"""Only stops a hung test (a poll that never comes); no promise is timed."""
+
 
 @dataclass(frozen=True)
 class Record:
@@ -182,19 +185,54 @@ def test_poll_loop_picks_up_a_new_version(artifacts: tuple[Path, list[ArtifactIn
     source = Source()
     registry = ModelRegistry(source, directory, poll_interval_s=0.01)
 
+    async def until_version(version: int) -> None:
+        while registry.version != version:
+            await asyncio.sleep(0.01)
+
     async def scenario() -> None:
         source.record = _record(1, first)
         registry.start()
-        for _ in range(500):
-            if registry.version == 1:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(until_version(1), HANG_GUARD_S)
         source.record = _record(2, second)
-        for _ in range(500):
-            if registry.version == 2:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(until_version(2), HANG_GUARD_S)
         await registry.stop()
 
     asyncio.run(scenario())
     assert registry.version == 2
+
+
+def test_snapshot_state_keeps_only_trained_users_unchanged_since_the_snapshot() -> None:
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from service.db.serving_reads import Histories
+    from service.ml.artifacts import SnapshotInfo
+    from service.ml.data import Vocabulary
+    from service.registry import UserStates
+
+    histories = Histories(
+        users=["a", "b", "c", "d"],
+        markers=np.array([1, 2, 3, 4]),
+        offsets=np.array([0, 2, 3, 6, 7]),
+        item_ids=np.array([10, 11, 20, 30, 31, 32, 40], dtype=np.int32),
+        ratings=np.arange(7, dtype=np.float32),
+    )
+    snapshot = SnapshotInfo(
+        taken_at=datetime.now(UTC),
+        n_ratings=7,
+        n_users=4,
+        n_items=7,
+        history_versions={"a": 1, "b": 5, "c": 3},  # b changed since; d is new
+    )
+    states = UserStates.build(histories, Vocabulary(["c", "x", "a", "b"]), snapshot)
+    c = states.profile(0, 3)
+    assert c is not None
+    assert c.item_ids.tolist() == [30, 31, 32]
+    assert c.ratings.tolist() == [3.0, 4.0, 5.0]
+    a = states.profile(2, 1)
+    assert a is not None
+    assert a.item_ids.tolist() == [10, 11]
+    assert states.profile(2, 2) is None  # a's marker moved on: read again
+    assert states.profile(3, 2) is None  # b changed after the snapshot
+    assert states.profile(1, 0) is None  # x has no ratings

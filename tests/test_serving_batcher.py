@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from service.serving._batcher import MAX_BATCHES_IN_FLIGHT, Batcher, BatchPlan, run_inline
+from service.recommend.batcher import MAX_BATCHES_IN_FLIGHT, Batcher, BatchPlan, run_inline
 
 
 class Recorder:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.serving._runtime import freeze_long_lived_objects
+from service.registry import freeze_long_lived_objects
 
 
 class Node:

@@ -12,7 +12,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 
-from service import training
 from service.api.admin_schemas import (
     JobAccepted,
     JobOut,
@@ -23,8 +22,9 @@ from service.api.admin_schemas import (
 )
 from service.api.deps import SessionDep, SettingsDep, StateDep, WriteSessionDep
 from service.api.pagination import CursorQuery, LimitQuery, decode_cursor, encode_cursor
-from service.db import jobs
-from service.db.jobs_tables import JOB_STATUSES
+from service.db import jobs, versions
+from service.db.jobs import JobStatus
+from service.domain import training
 from service.errors import NotFoundError, ServiceError
 
 
@@ -59,9 +59,7 @@ router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
 JobId = Annotated[int, Path(ge=1, description="training job id")]
 VersionNumber = Annotated[int, Path(ge=1, description="model version number")]
-StatusQuery = Annotated[
-    str | None, Query(pattern="^(" + "|".join(JOB_STATUSES) + ")$", description="only this status")
-]
+StatusQuery = Annotated[JobStatus | None, Query(description="only this status")]
 
 
 def _served(state: StateDep) -> int | None:
@@ -116,7 +114,7 @@ def list_models(
 ) -> VersionPage:
     """Published model versions, newest first."""
     before = decode_cursor("models", cursor)
-    found = jobs.list_versions(session, limit=limit + 1, before=before)
+    found = versions.list_versions(session, limit=limit + 1, before=before)
     page = found[:limit]
     served = _served(state)
     return VersionPage(

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.jobs import JobRecord, VersionRecord
+from service.db.jobs import JobProgress, JobRequester, JobStatus, TrainingJob
+from service.db.versions import ModelVersion, VersionSnapshot
 
 
 class RetrainIn(BaseModel):
@@ -23,29 +24,21 @@ class JobAccepted(BaseModel):
     """A queued job."""
 
     job_id: int
-    status: str
-
-
-class ProgressOut(BaseModel):
-    """Training progress, updated after every epoch."""
-
-    epoch: int | None
-    epochs: int | None
-    loss: float | None
-    elapsed_s: float | None
-    eta_s: float | None = Field(description="estimated seconds of training left")
+    status: JobStatus
 
 
 class JobOut(BaseModel):
     """A training job with live progress and, once ended, its metrics or error."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     job_id: int
-    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    status: JobStatus
     algorithm: str
     config: dict[str, Any]
-    requested_by: str = Field(description="admin or schedule")
+    requested_by: JobRequester
     cancel_requested: bool
-    progress: ProgressOut
+    progress: JobProgress = Field(description="training progress, updated after every epoch")
     metrics: dict[str, Any] | None
     error: str | None
     version: int | None = Field(description="the model version this job published")
@@ -57,26 +50,9 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None
 
     @classmethod
-    def of(cls, job: JobRecord) -> JobOut:
+    def of(cls, job: TrainingJob) -> JobOut:
         """From the stored record."""
-        return cls(
-            job_id=job.job_id,
-            status=job.status,
-            algorithm=job.algorithm,
-            config=job.config,
-            requested_by=job.requested_by,
-            cancel_requested=job.cancel_requested,
-            progress=ProgressOut(**job.progress.as_dict()),
-            metrics=job.metrics,
-            error=job.error,
-            version=job.version,
-            worker_id=job.worker_id,
-            snapshot=job.snapshot,
-            requested_at=job.requested_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            heartbeat_at=job.heartbeat_at,
-        )
+        return cls.model_validate(job)
 
 
 class JobPage(BaseModel):
@@ -86,19 +62,13 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
-class SnapshotOut(BaseModel):
-    """The data a version was trained on."""
-
-    n_ratings: int
-    n_users: int
-    n_items: int
-    newest_rating_at: datetime | None
-    taken_at: datetime
-    stored_until: datetime | None
-
-
 class VersionOut(BaseModel):
     """A published model version."""
+
+    # `served` is set from this process's state after validation; it is in every reply.
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_serialization_defaults_required=True
+    )
 
     version: int
     algorithm: str
@@ -106,39 +76,20 @@ class VersionOut(BaseModel):
     metrics: dict[str, Any]
     created_at: datetime
     active: bool = Field(description="whether it is the active version")
-    served: bool = Field(description="whether this API process serves it right now")
+    served: bool = Field(default=False, description="whether this API process serves it right now")
     available: bool = Field(description="false once retention removed its artifact")
     job_id: int | None
     artifact: str
     sha256: str
     size_bytes: int
-    snapshot: SnapshotOut
+    snapshot: VersionSnapshot = Field(description="the data the version was trained on")
 
     @classmethod
-    def of(cls, version: VersionRecord, served_version: int | None) -> VersionOut:
+    def of(cls, version: ModelVersion, served_version: int | None) -> VersionOut:
         """From the stored record and the version this process serves."""
-        return cls(
-            version=version.version,
-            algorithm=version.algorithm,
-            config=version.config,
-            metrics=version.metrics,
-            created_at=version.created_at,
-            active=version.active,
-            served=version.version == served_version,
-            available=version.pruned_at is None,
-            job_id=version.job_id,
-            artifact=version.artifact,
-            sha256=version.sha256,
-            size_bytes=version.size_bytes,
-            snapshot=SnapshotOut(
-                n_ratings=version.n_ratings,
-                n_users=version.n_users,
-                n_items=version.n_items,
-                newest_rating_at=version.newest_rating_at,
-                taken_at=version.snapshot_taken_at,
-                stored_until=version.stored_until,
-            ),
-        )
+        out = cls.model_validate(version)
+        out.served = version.version == served_version
+        return out
 
 
 class VersionPage(BaseModel):
@@ -146,19 +97,3 @@ class VersionPage(BaseModel):
 
     items: list[VersionOut]
     next_cursor: str | None
-
-
-class RecommendedItem(BaseModel):
-    """One recommended item and its score."""
-
-    item: str
-    score: float
-
-
-class RecommendationOut(BaseModel):
-    """A user's recommendations and the model version that made them."""
-
-    user: str
-    model_version: int
-    source: str = Field(description='"model" (stored embedding) or "popular" (fallback)')
-    items: list[RecommendedItem]

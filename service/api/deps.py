@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from service.api.state import ServiceState
 from service.config import Settings
 from service.db.session import transaction
+from service.domain.ingest import check_external_id
 from service.errors import InvalidInputError, MalformedJSONError
-from service.ingest import check_external_id
 
 
 def get_state(request: Request) -> ServiceState:
@@ -77,8 +77,11 @@ def user_path(user: Annotated[str, Path(description="external user id")]) -> str
     return checked_id(user, "user")
 
 
-def item_path(item: Annotated[str, Path(description="external item id")]) -> str:
-    """The item id from the path, checked like ids in a rating."""
+async def item_path(item: Annotated[str, Path(description="external item id")]) -> str:
+    """The item id from the path, checked like ids in a rating.
+
+    Async, so that FastAPI calls it on the event loop instead of through its thread pool.
+    """
     return checked_id(item, "item")
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from service.api.serving_deps import RuntimeDep, json_reply, request_history
 from service.api.serving_schemas import FoldInIn, FoldInOut
-from service.serving import fold_in_history
+from service.recommend import fold_in_history
 
 router = APIRouter(tags=["recommendations"])
 

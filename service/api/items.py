@@ -7,7 +7,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Response, status
 
 from service.api.deps import ItemPath, SessionDep, WriteSessionDep
-from service.api.pagination import CursorQuery, LimitQuery, decode_cursor, encode_cursor
+from service.api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    encode_cursor,
+)
 from service.api.schemas import ItemIn, ItemOut, ItemsPage
 from service.db import queries
 from service.db.tables import Item
@@ -57,7 +63,7 @@ def get_item(item: ItemPath, session: SessionDep) -> ItemOut:
 
 @router.get("/items", summary="All items, page by page")
 def list_items(
-    session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+    session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> ItemsPage:
     """Items in a stable order; follow `next_cursor` until it is null."""
     rows = queries.list_items(session, limit=limit, after_id=decode_cursor("i", cursor))

@@ -11,6 +11,8 @@ from fastapi import Query
 from service.errors import InvalidInputError
 
 DEFAULT_LIMIT = 100
+"""Page size of the ratings and items lists when `limit` is not given."""
+
 MAX_LIMIT = 1000
 
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]

@@ -16,7 +16,13 @@ from service.api.deps import (
     UserPath,
     WriteSessionDep,
 )
-from service.api.pagination import CursorQuery, LimitQuery, decode_cursor, encode_cursor
+from service.api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    encode_cursor,
+)
 from service.api.schemas import (
     IngestResult,
     RatingBatchIn,
@@ -26,8 +32,8 @@ from service.api.schemas import (
 )
 from service.db import queries
 from service.db.upsert import upsert_ratings
+from service.domain.ingest import InvalidRatingsError, PayloadShapeError, RatingRules, parse_payload
 from service.errors import InvalidInputError, NotFoundError
-from service.ingest import InvalidRatingsError, PayloadShapeError, RatingRules, parse_payload
 
 router = APIRouter(tags=["ratings"])
 
@@ -75,7 +81,10 @@ def post_ratings(
 
 @router.get("/users/{user}/ratings", summary="A user's ratings, page by page")
 def get_user_ratings(
-    user: UserPath, session: SessionDep, limit: LimitQuery = 100, cursor: CursorQuery = None
+    user: UserPath,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> UserRatingsPage:
     """The user's ratings in a stable order; follow `next_cursor` until it is null."""
     after = decode_cursor("r", cursor)

@@ -28,7 +28,7 @@ from service.api.serving_schemas import (
     RecommendationOut,
 )
 from service.errors import InvalidInputError
-from service.serving import (
+from service.recommend import (
     Recommendation,
     RecommendOptions,
     check_n,
@@ -103,7 +103,7 @@ async def recommend(request: Request) -> Response:
 HOT_ROUTES = [plain_route("/recommend/{user}", recommend)]
 """The hottest call, served by a plain Starlette route that the application puts in front of
 all others: it skips FastAPI's per-request machinery (dependency solving, exit stacks, response
-handling: about 35 us) and its matching of included routers (each is matched twice, once to
+handling) and its matching of included routers (each is matched twice, once to
 select it and once inside it). The APIRoute above stays for the OpenAPI document."""
 
 

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from service.api.serving_deps import RuntimeDep, json_reply, request_history, too_many
 from service.api.serving_schemas import ScoresIn, ScoresOut
 from service.errors import InvalidInputError
-from service.serving import score_items
+from service.recommend import score_items
 
 router = APIRouter(tags=["recommendations"])
 

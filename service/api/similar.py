@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from service.api.serving_deps import ItemId, RuntimeDep, json_reply
+from service.api.deps import ItemPath
+from service.api.serving_deps import RuntimeDep, json_reply
 from service.api.serving_schemas import SimilarOut
-from service.serving import check_n, similar_items
+from service.recommend import check_n, similar_items
 
 router = APIRouter(tags=["recommendations"])
 
@@ -25,7 +26,7 @@ router = APIRouter(tags=["recommendations"])
     },
 )
 async def similar(
-    item: ItemId,
+    item: ItemPath,
     runtime: RuntimeDep,
     n: Annotated[int, Query(description="list length, 1 to MFSERVE_MAX_RECOMMENDATIONS")] = 10,
 ) -> Response:

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-
-if TYPE_CHECKING:
-    from service.registry import ModelRegistry
-    from service.serving import ServingRuntime
+from service.recommend import Serving
+from service.registry import ModelRegistry
 
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 """A part of the readiness probe: whether it is ready, and fields for the `/readyz` reply."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServiceState:
-    """The engine, session factories and settings of one application instance."""
+    """Everything one application instance serves with, built whole by the lifespan."""
 
     settings: Settings
     engine: Engine
@@ -29,12 +27,12 @@ class ServiceState:
     """Read sessions (SQLite: deferred transactions)."""
     write_sessions: sessionmaker[Session]
     """Write sessions (SQLite: BEGIN IMMEDIATE, so writers queue instead of failing)."""
+    registry: ModelRegistry
+    """The model version this process serves, with its serving tables (`service.registry`)."""
+    serving: Serving
+    """The serving calls' batcher and profile reads (`service.recommend`)."""
     readiness: list[ReadinessCheck] = field(default_factory=list)
-    """Extra `/readyz` checks (such as the served model version) added by later components."""
-    registry: ModelRegistry | None = None
-    """The model version this process serves (set by the lifespan; see `service.registry`)."""
-    serving: ServingRuntime | None = None
-    """Item tables, catalog and read engine of the serving calls (see `service.serving`)."""
+    """Extra `/readyz` checks (such as the served model version)."""
 
 
 class LifespanState(TypedDict):

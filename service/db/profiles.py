@@ -16,8 +16,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, func, select
 
 from service.db.notifications import libpq_dsn
-from service.db.tables import items, ratings
-from service.db.tables import users as users_table
+from service.db.tables import items
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,18 +104,22 @@ class AsyncProfileReader:
         users = list(dict.fromkeys(external_ids))
         if not users:
             return {}
+        return _group(await self.fetch(self._sql, (users,)))
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of one query, on one of the reader's connections."""
         if self._free is None:
             self._free = asyncio.Semaphore(self._slots)
         async with self._free:
             connection = self._idle.pop() if self._idle else await self._connect()
             try:
-                cursor = await connection.execute(self._sql, (users,))
+                cursor = await connection.execute(sql, params)
                 rows = await cursor.fetchall()
             except BaseException:
                 await connection.close()
                 raise
             self._idle.append(connection)
-        return _group(rows)
+        return rows
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, connect_timeout=5)
@@ -126,21 +129,6 @@ class AsyncProfileReader:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.close()
-
-
-def read_profiles(connection: Connection, external_ids: Sequence[str]) -> dict[str, UserProfile]:
-    """Profiles of the given users through a SQLAlchemy connection (same query, for tools)."""
-    users = list(dict.fromkeys(external_ids))
-    if not users:
-        return {}
-    query = (
-        select(users_table.c.external_id, users_table.c.history_version, ratings.c.item_id)
-        .add_columns(ratings.c.rating)
-        .select_from(users_table)
-        .outerjoin(ratings, ratings.c.user_id == users_table.c.id)
-        .where(users_table.c.external_id.in_(users))
-    )
-    return _group([tuple(row) for row in connection.execute(query)])
 
 
 def _group(rows: Sequence[Sequence[Any]]) -> dict[str, UserProfile]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -130,26 +130,3 @@ def list_items(session: Session, *, limit: int, after_id: int | None = None) -> 
     if after_id is not None:
         query = query.where(Item.id > after_id)
     return list(session.execute(query).scalars())
-
-
-def count_ratings(session: Session) -> int:
-    """How many ratings are stored."""
-    return session.execute(select(func.count()).select_from(ratings)).scalar_one()
-
-
-def newest_stored_at(session: Session) -> datetime | None:
-    """When the most recently written rating was stored (index-only: ratings by stored time)."""
-    newest: datetime | None = session.execute(select(func.max(ratings.c.stored_at))).scalar_one()
-    return newest
-
-
-def count_ratings_stored_after(session: Session, since: datetime) -> int:
-    """How many ratings were written after `since` (a range scan of the stored-time index)."""
-    query = select(func.count()).select_from(ratings).where(ratings.c.stored_at > since)
-    return session.execute(query).scalar_one()
-
-
-def count_users_changed_after(session: Session, since: datetime) -> int:
-    """How many users' histories changed (added, replaced or deleted ratings) after `since`."""
-    query = select(func.count()).select_from(users).where(users.c.history_changed_at > since)
-    return session.execute(query).scalar_one()

@@ -84,7 +84,7 @@ def refresh_statistics(engine: Engine) -> None:
     """Refresh the query planner's statistics after a bulk load (PostgreSQL: `ANALYZE`).
 
     Until autovacuum gets to them, freshly filled tables look empty to the planner, which then
-    picks sequential scans for indexed lookups: a 0.1 ms serving read took 50-70 ms.
+    picks sequential scans for indexed lookups.
     """
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Dialect,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -52,6 +55,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def enum_column(enum: type[StrEnum]) -> Enum:
+    """A VARCHAR(16) column holding an enum's values, read back as the enum."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,  # a named `check_one_of` instead, as the migrations made it
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+def check_one_of(column: str, enum: type[StrEnum]) -> CheckConstraint:
+    """A CHECK constraint allowing exactly the enum's values."""
+    values = ", ".join(f"'{member.value}'" for member in enum)
+    return CheckConstraint(f"{column} IN ({values})", name=column)
 
 
 class Base(DeclarativeBase):

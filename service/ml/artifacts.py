@@ -31,6 +31,7 @@ from service.ml.base import (
     USER_IDS_FILE,
     Recommender,
 )
+from service.ml.catalog import load_model
 
 MODEL_PREFIX = "model"
 """Archive folder of the trained model."""
@@ -316,9 +317,6 @@ def _extract(handle: IO[bytes], target: Path) -> tuple[set[str], bytes | None]:
 
 def read_artifact(path: Path, expected_sha256: str) -> LoadedArtifact:
     """Verify an artifact's sha256, then load its models; raises an ArtifactError subclass."""
-    # Imported here so that packing does not need every model implementation loaded.
-    from service.ml.catalog import load_model
-
     try:
         handle = path.open("rb")
     except OSError as exc:

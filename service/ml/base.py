@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
+from service.ml import ranking
 from service.ml.data import IndexArray, Interactions, ValueArray, Vocabulary
 
 ARTIFACT_FORMAT = 1
@@ -175,36 +176,51 @@ class Recommender(ABC, Generic[ConfigT]):
         bias = torch.tensor([vector.bias], device=self.device)
         return self.score_vectors(vector.embedding.unsqueeze(0), bias, items)[0]
 
-    @torch.inference_mode()
     def recommend(
         self,
         embeddings: torch.Tensor,
         biases: torch.Tensor,
         n: int,
         exclude: Sequence[IndexArray] | None = None,
+        *,
+        allowed: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-n item indices and scores (B, n') per user vector, excluding given item indices."""
-        scores = self.score_vectors(embeddings, biases)
-        if exclude is not None:
-            for row, excluded in enumerate(exclude):
-                if len(excluded):
-                    scores[row, torch.as_tensor(excluded, device=scores.device)] = -torch.inf
-        k = min(n, scores.shape[1])
-        top = torch.topk(scores, k, dim=1)
-        return top.indices, top.values
+        """Top-n item indices and scores (B, n') per user vector, best first, leaving out the
+        `exclude`d item indices and, per row, items outside its `allowed` (m,) mask.
 
-    @torch.inference_mode()
+        This is the served ranking (`service.ml.ranking`). A row with fewer than n' items to
+        offer is padded with index -1 and score -inf.
+        """
+        table = ranking.ItemTable.build(self)
+        rows = [
+            ranking.RankRow(
+                n=n,
+                bias=float(bias),
+                excluded=ranking.excluded_indices(
+                    np.asarray(exclude[row], dtype=np.int64)
+                    if exclude is not None
+                    else ranking.NO_ITEMS
+                ),
+                allowed=None if allowed is None else allowed[row],
+            )
+            for row, bias in enumerate(biases.tolist())
+        ]
+        lists = ranking.rank(table, embeddings, rows)
+        width = max((len(found) for found, _ in lists), default=0)
+        indices = torch.full((len(rows), width), -1, dtype=torch.int64)
+        scores = torch.full((len(rows), width), -torch.inf, dtype=torch.float32)
+        for row, (found, values) in enumerate(lists):
+            indices[row, : len(found)] = torch.tensor(found, dtype=torch.int64)
+            scores[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+        return indices, scores
+
     def similar_items(self, item: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The n items with the highest cosine similarity of factors to `item`, itself excluded."""
-        factors = self.item_parameters().factors
-        if factors.shape[1] == 0:
+        """The n items with the highest cosine similarity of factors to `item`, itself excluded
+        (the served similarity, `service.ml.ranking.similar`)."""
+        if self.embedding_size == 0:
             raise ValueError(f"model {self.name!r} has no item factors for similarity")
-        normalized = torch.nn.functional.normalize(factors, dim=1)
-        sims = normalized @ normalized[item]
-        sims[item] = -torch.inf
-        k = min(n, sims.shape[0] - 1)
-        top = torch.topk(sims, k)
-        return top.indices, top.values
+        found, values = ranking.similar(ranking.ItemTable.build(self), item, n)
+        return torch.tensor(found, dtype=torch.int64), torch.tensor(values, dtype=torch.float32)
 
     # ----- persistence -----------------------------------------------------------------------
     def save(self, directory: Path) -> None:

@@ -71,11 +71,6 @@ MODEL_NAMES: tuple[str, ...] = tuple(CATALOG)
 """Every model name, in catalog order."""
 
 
-def model_names() -> list[str]:
-    """The names of every model in the catalog."""
-    return list(MODEL_NAMES)
-
-
 def model_entry(name: str) -> ModelEntry:
     """The catalog entry of a model name; raises `UnknownModelError` naming the known ones."""
     try:

@@ -1,11 +1,9 @@
-"""Training/inference device choice, thread counts and seeding."""
+"""Training/inference device choice, thread counts and seeded generators."""
 
 from __future__ import annotations
 
 import os
-import random
 
-import numpy as np
 import torch
 
 
@@ -20,7 +18,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count (None: one per available core); returns the count."""
+    """Set torch's intra-op thread count (None: one per available core); returns the count.
+
+    The one thread configuration of every process: an API process passes
+    `MFSERVE_TORCH_THREADS`, so that BLAS does not oversubscribe cores; a worker uses all.
+    """
     count = threads if threads is not None else max(1, len(os.sched_getaffinity(0)))
     torch.set_num_threads(count)
     return count
@@ -31,10 +33,3 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch global generators (for code that cannot take a generator)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

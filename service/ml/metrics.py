@@ -29,6 +29,9 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """User indices (P,) and item indices (P,) → predicted ratings (P,)."""
 
+RANKING_K = 10
+"""The cut-off of the top-N metrics (nDCG@10, Recall@10) in training reports and offline runs."""
+
 DEFAULT_RBP_PATIENCE = 0.85
 
 
@@ -165,7 +168,7 @@ def list_metrics(
     lists: torch.Tensor,
     relevant: torch.Tensor,
     n_relevant: torch.Tensor,
-    k: int = 10,
+    k: int = RANKING_K,
     patience: float = DEFAULT_RBP_PATIENCE,
 ) -> dict[str, torch.Tensor]:
     """Per-user nDCG@k, Recall@k, MRR (whole list) and RBP (whole list) from hit flags.
@@ -198,7 +201,7 @@ def evaluate_ranking(
     score: ScoreFn,
     train: Interactions,
     test: Interactions,
-    k: int = 10,
+    k: int = RANKING_K,
     n: int = 100,
     patience: float = DEFAULT_RBP_PATIENCE,
     batch_size: int = 1024,
@@ -225,7 +228,7 @@ def evaluate_model(
     model: Recommender[Any],
     train: Interactions,
     test: Interactions,
-    k: int = 10,
+    k: int = RANKING_K,
     n: int = 100,
     threshold: float = 4.0,
 ) -> dict[str, float]:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,20 +26,26 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import ENV_PREFIX, Settings
-from service.db import jobs
+from service.config import Settings
+from service.db import jobs, schedule, versions
+from service.db.jobs import JobRequester, JobStatus, TrainingJob
+from service.db.migrations import SchemaNotCurrentError, check_schema
 from service.db.session import create_db_engine, make_sessionmaker, transaction
 from service.db.snapshot import RatingsSnapshot, read_ratings_snapshot
-from service.ml.artifacts import ARTIFACT_SUFFIX, TEMP_PREFIX, SnapshotInfo
+from service.db.versions import ModelVersion
+from service.domain.training import default_model_problem
+from service.ml.artifacts import SnapshotInfo
 from service.ml.base import TrainingProgress
+from service.ml.device import configure_threads
+from service.worker.heartbeat import Heartbeat
 from service.worker.pipeline import (
     InsufficientDataError,
     RatingsData,
     train_and_evaluate,
     write_model_artifact,
 )
+from service.worker.retention import prune_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +58,19 @@ SCHEDULE_MIN_GAP_S = 30.0
 MAX_BACKOFF_S = 60.0
 """Longest wait after consecutive failed loop steps (database unreachable)."""
 
-ORPHAN_GRACE_S = 3600.0
-"""Unreferenced artifact files (and temporary files) older than this are removed."""
-
 
 class JobInterruptedError(Exception):
     """Raised from the progress callback to stop training; `status` is the job's end status."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: JobStatus, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class JobLostError(Exception):
+    """Raised to stop training when the job no longer runs under this worker (it was reaped);
+    the job's row is someone else's now, so nothing is written to it."""
 
 
 def make_worker_id() -> str:
@@ -80,46 +89,6 @@ def snapshot_info(snapshot: RatingsSnapshot) -> SnapshotInfo:
         stored_until=snapshot.stored_until,
         history_versions=snapshot.history_versions,
     )
-
-
-class _Heartbeat:
-    """A thread that heartbeats a running job and notices cancel requests and lost ownership."""
-
-    def __init__(
-        self, sessions: sessionmaker[Session], job_id: int, worker_id: str, interval_s: float
-    ) -> None:
-        self._sessions = sessions
-        self._job_id = job_id
-        self._worker_id = worker_id
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.cancel = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat-job-{job_id}", daemon=True
-        )
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                with transaction(self._sessions) as session:
-                    state = jobs.heartbeat(session, self._job_id, self._worker_id)
-            except Exception as exc:  # keep trying; the reaper decides when it is too late
-                log.warning("heartbeat of job %d failed: %s", self._job_id, exc)
-                continue
-            if not state.owned:
-                self.lost.set()
-                return
-            if state.cancel_requested:
-                self.cancel.set()
 
 
 @dataclass
@@ -191,12 +160,12 @@ class Worker:
             log.warning("job %d failed: its worker stopped heartbeating", job_id)
         return reaped
 
-    def claim(self) -> jobs.JobRecord | None:
+    def claim(self) -> TrainingJob | None:
         """Claim the oldest queued job for this worker."""
         with transaction(self.write_sessions) as session:
             return jobs.claim_job(session, self.worker_id)
 
-    def schedule_if_due(self, now: datetime | None = None) -> jobs.JobRecord | None:
+    def schedule_if_due(self, now: datetime | None = None) -> TrainingJob | None:
         """Queue a retrain of the default algorithm when the interval passed or enough new
         ratings arrived since the newest job's snapshot; never beside an open job."""
         interval = self.settings.retrain_interval
@@ -205,13 +174,15 @@ class Worker:
             return None
         now = now or jobs.utcnow()
         with transaction(self.write_sessions) as session:
-            jobs.lock_pointer(session)  # one scheduler at a time across workers
-            if jobs.has_open_job(session):
+            versions.lock_pointer(session)  # one scheduler at a time across workers
+            if schedule.has_open_job(session):
                 return None
-            new = jobs.count_ratings_stored_after(session, jobs.newest_snapshot_watermark(session))
+            new = schedule.count_ratings_stored_after(
+                session, schedule.newest_snapshot_watermark(session)
+            )
             if new == 0:
                 return None
-            last = jobs.latest_job(session)
+            last = schedule.latest_job(session)
             since = None if last is None else now - last.requested_at
             due_by_count = bool(min_new) and new >= min_new
             if since is not None and since < timedelta(seconds=SCHEDULE_MIN_GAP_S):
@@ -223,7 +194,7 @@ class Worker:
                 session,
                 self.settings.default_algorithm,
                 dict(self.settings.default_config),
-                requested_by="schedule",
+                requested_by=JobRequester.SCHEDULE,
                 now=now,
             )
         reason = f"{new} new ratings" if due_by_count else f"interval {interval:g} s passed"
@@ -231,13 +202,15 @@ class Worker:
         return job
 
     # ----- one job ----------------------------------------------------------------------------
-    def _finish(self, job_id: int, status: str, **values: Any) -> None:
+    def _finish(self, job_id: int, status: JobStatus, **values: Any) -> None:
         with transaction(self.write_sessions) as session:
             finished = jobs.finish_job(session, job_id, self.worker_id, status, **values)
         if not finished:
             log.warning("job %d was no longer ours to finish as %s", job_id, status)
 
-    def _progress_callback(self, job_id: int, beat: _Heartbeat) -> Any:
+    def _progress_callback(
+        self, job_id: int, beat: Heartbeat
+    ) -> Callable[[TrainingProgress], None]:
         def progress(report: TrainingProgress) -> None:
             with transaction(self.write_sessions) as session:
                 state = jobs.record_progress(
@@ -253,37 +226,36 @@ class Worker:
 
         return progress
 
-    def _check(self, owned: bool, cancel: bool, beat: _Heartbeat) -> None:
+    def _check(self, owned: bool, cancel: bool, beat: Heartbeat) -> None:
         if self.stop.is_set():
-            raise JobInterruptedError("failed", "the worker was shut down during training")
+            raise JobInterruptedError(JobStatus.FAILED, "the worker was shut down during training")
         if not owned:
-            raise JobInterruptedError("lost", "the job is no longer running under this worker")
+            raise JobLostError("the job is no longer running under this worker")
         if cancel or beat.cancel.is_set():
-            raise JobInterruptedError("cancelled", "cancelled by an admin request")
+            raise JobInterruptedError(JobStatus.CANCELLED, "cancelled by an admin request")
 
-    def run_job(self, job: jobs.JobRecord) -> None:
+    def run_job(self, job: TrainingJob) -> None:
         """Run one claimed job to its end: succeeded, failed or cancelled."""
         log.info("job %d: training %s %s", job.job_id, job.algorithm, job.config)
         settings = self.settings
-        with _Heartbeat(
+        with Heartbeat(
             self.write_sessions, job.job_id, self.worker_id, settings.heartbeat_interval
         ) as beat:
             try:
                 self._run_job(job, beat)
+            except JobLostError as exc:
+                log.warning("job %d: %s; dropping its result", job.job_id, exc)
             except JobInterruptedError as exc:
-                if exc.status == "lost":
-                    log.warning("job %d: %s; dropping its result", job.job_id, exc.reason)
-                else:
-                    log.info("job %d %s: %s", job.job_id, exc.status, exc.reason)
-                    self._finish(job.job_id, exc.status, error=exc.reason)
+                log.info("job %d %s: %s", job.job_id, exc.status, exc.reason)
+                self._finish(job.job_id, exc.status, error=exc.reason)
             except InsufficientDataError as exc:
                 log.warning("job %d failed: %s", job.job_id, exc)
-                self._finish(job.job_id, "failed", error=str(exc))
+                self._finish(job.job_id, JobStatus.FAILED, error=str(exc))
             except Exception as exc:
                 log.exception("job %d failed", job.job_id)
-                self._finish(job.job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+                self._finish(job.job_id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
 
-    def _run_job(self, job: jobs.JobRecord, beat: _Heartbeat) -> None:
+    def _run_job(self, job: TrainingJob, beat: Heartbeat) -> None:
         settings = self.settings
         snapshot = read_ratings_snapshot(self.engine)
         info = snapshot_info(snapshot)
@@ -315,13 +287,13 @@ class Worker:
             log.warning("job %d failed the sanity gate: %s", job.job_id, outcome.gate.reason)
             self._finish(
                 job.job_id,
-                "failed",
+                JobStatus.FAILED,
                 metrics=report,
                 error=f"sanity gate failed: {outcome.gate.reason}",
             )
             return
         artifact = write_model_artifact(outcome, self.artifact_dir, info, job.job_id)
-        new = jobs.NewVersion(
+        new = ModelVersion(
             algorithm=job.algorithm,
             config=outcome.model.config.model_dump(mode="json"),
             artifact=artifact.path.name,
@@ -336,7 +308,9 @@ class Worker:
             metrics=report,
         )
         with transaction(self.write_sessions) as session:
-            version = jobs.publish_version(session, job.job_id, self.worker_id, new, activate=True)
+            version = versions.publish_version(
+                session, job.job_id, self.worker_id, new, activate=True
+            )
         if version is None:
             artifact.path.unlink(missing_ok=True)
             log.warning("job %d was taken from this worker; its artifact was dropped", job.job_id)
@@ -358,60 +332,19 @@ class Worker:
             log.exception("artifact retention failed")
 
     def prune_artifacts(self) -> list[int]:
-        """Delete artifacts of versions beyond the newest K (never the active one), and
-        unreferenced or temporary files older than an hour; returns the pruned versions."""
-        with transaction(self.write_sessions) as session:
-            candidates = jobs.prune_candidates(session, self.settings.keep_versions)
-            pruned = jobs.mark_pruned(session, [v.version for v in candidates])
-        with transaction(self.sessions) as session:
-            referenced = jobs.referenced_artifacts(session)
-        for record in candidates:
-            if record.version in pruned and record.artifact not in referenced:
-                (self.artifact_dir / record.artifact).unlink(missing_ok=True)
-        if pruned:
-            log.info("retention removed the artifacts of versions %s", pruned)
-        self._remove_orphans(referenced)
-        return pruned
-
-    def _remove_orphans(self, referenced: set[str]) -> None:
-        if not self.artifact_dir.is_dir():
-            return
-        cutoff = time.time() - ORPHAN_GRACE_S
-        for path in self.artifact_dir.iterdir():
-            is_ours = path.name.startswith(TEMP_PREFIX) or path.name.endswith(ARTIFACT_SUFFIX)
-            if not is_ours or path.name in referenced or not path.is_file():
-                continue
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    log.info("removed unreferenced artifact file %s", path.name)
-            except OSError:
-                continue
-
-
-def _validate_default(settings: Settings) -> str | None:
-    from service.ml.catalog import create_model
-
-    try:
-        create_model(settings.default_algorithm, dict(settings.default_config))
-    except Exception as exc:
-        return (
-            f"{ENV_PREFIX}DEFAULT_CONFIG is not a valid config for "
-            f"{settings.default_algorithm}: {exc}"
+        """Apply artifact retention (see `retention.prune_artifacts`); returns pruned versions."""
+        return prune_artifacts(
+            self.sessions, self.write_sessions, self.artifact_dir, self.settings.keep_versions
         )
-    return None
 
 
 def run_worker(settings: Settings, once: bool = False) -> int:
     """Entry point of `mfserve worker`: work until SIGTERM/SIGINT; returns the exit code."""
-    from service.db.migrations import SchemaNotCurrentError, check_schema
-    from service.ml.device import configure_threads
-
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    problem = _validate_default(settings)
+    problem = default_model_problem(settings)
     if problem is not None:
         log.error("%s", problem)
         return 2

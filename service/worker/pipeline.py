@@ -25,15 +25,19 @@ import torch
 
 from service.ml.artifacts import ArtifactInfo, SnapshotInfo, write_artifact
 from service.ml.base import ProgressCallback, Recommender
+from service.ml.catalog import create_model
 from service.ml.data import IndexArray, Interactions, Vocabulary
-from service.ml.metrics import evaluate_ranking, evaluate_ratings, model_predict_fn, model_score_fn
+from service.ml.metrics import (
+    RANKING_K,
+    evaluate_ranking,
+    evaluate_ratings,
+    model_predict_fn,
+    model_score_fn,
+)
 from service.ml.splits import rating_holdout, user_holdout
 
 BASELINE_ALGORITHM = "popular"
 """The baseline every model is compared with, also packed as the serving fallback."""
-
-RANKING_K = 10
-"""Cut-off of the top-N metrics (nDCG@10, Recall@10)."""
 
 MAX_EVALUATION_USERS = 5000
 """Ranking metrics are averaged over at most this many validation users (a seeded sample)."""
@@ -44,10 +48,6 @@ ITEM_MEAN_DAMPING = 5.0
 
 class InsufficientDataError(ValueError):
     """The snapshot has too few usable ratings to train and validate a model."""
-
-
-class GateFailedError(RuntimeError):
-    """The trained model failed the sanity gate; the message gives the reason."""
 
 
 @dataclass(frozen=True)
@@ -273,8 +273,6 @@ def train_and_evaluate(
     Raises `InsufficientDataError` when the snapshot cannot be split, and lets a progress
     callback's exception (cancel) through unchanged.
     """
-    from service.ml.catalog import create_model
-
     model = create_model(algorithm, config)
     explicit = model.explicit
     interactions = build_interactions(data, explicit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +17,8 @@ from starlette.requests import Request
 from service.api.serving_deps import query_args
 from service.app import create_app
 from service.config import Settings
+from service.ml import ranking
 from service.registry import ServedModel
-from service.serving import _requests as serving_requests
 from tests.api.serving_setup import (
     N_ITEMS,
     item_tags,
@@ -97,7 +98,7 @@ def test_long_exclusion_lists_are_masked_before_topk_with_the_same_answer(
 ) -> None:
     """Rows leaving out more than EXCLUDED_AFTER_TOPK items are masked before `topk` (0: all
     of them; 14: some rows of the batch each way, about half the users rate 15 or more)."""
-    monkeypatch.setattr(serving_requests, "EXCLUDED_AFTER_TOPK", limit)
+    monkeypatch.setattr(ranking, "EXCLUDED_AFTER_TOPK", limit)
     users = [f"u{u}" for u in range(12)]
     reply = serving_client.post("/recommend/batch", json={"users": users, "n": 6}).json()
     sizes = set()
@@ -113,11 +114,11 @@ def test_long_exclusion_lists_are_masked_before_topk_with_the_same_answer(
 
 
 def _break_database(engine: Engine) -> None:
-    """Make the next serving read fail at the driver: SQLite loses the ratings table; on
-    PostgreSQL every other connection is terminated."""
+    """Make the next serving read fail at the driver: SQLite loses the users table (the
+    history markers' first read); on PostgreSQL every other connection is terminated."""
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("ALTER TABLE ratings RENAME TO ratings_away")
+            connection.exec_driver_sql("ALTER TABLE users RENAME TO users_away")
         else:
             connection.exec_driver_sql(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -135,7 +136,7 @@ def test_a_failed_serving_read_is_503_and_the_next_one_recovers(
     assert failed.json()["error"] == "unavailable"
     if serving_db.dialect.name == "sqlite":
         with serving_db.begin() as connection:
-            connection.exec_driver_sql("ALTER TABLE ratings_away RENAME TO ratings")
+            connection.exec_driver_sql("ALTER TABLE users_away RENAME TO users")
     reply = serving_client.get("/recommend/u3?n=5")
     assert reply.status_code == 200
     rated, _ = user_history(serving_client, "u3")
@@ -161,9 +162,12 @@ def test_tags_follow_item_metadata_changes(serving_client: TestClient, served: S
     assert serving_client.get("/recommend/u5?tag=fresh").json()["items"] == []
     serving_client.put("/items/i4", json={"tags": ["fresh"]})
     serving_client.put("/items/i7", json={"tags": ["fresh"]})
-    runtime = serving_client.app_state["service"].serving
-    runtime.refresh_items()  # what the refresh loop does every MFSERVE_ITEM_REFRESH_INTERVAL
-    reply = serving_client.get("/recommend/u5?tag=fresh&exclude_rated=false").json()
+    deadline = time.monotonic() + 10  # the refresh loop runs every MFSERVE_ITEM_REFRESH_INTERVAL
+    while True:
+        reply = serving_client.get("/recommend/u5?tag=fresh&exclude_rated=false").json()
+        if set(_items(reply)) == {"i4", "i7"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert set(_items(reply)) == {"i4", "i7"}
 
 

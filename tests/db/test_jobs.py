@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import jobs
+from service.db import jobs, schedule, versions
 from service.db.session import make_sessionmaker, transaction
 from service.db.snapshot import read_ratings_snapshot
 from service.db.upsert import RatingBatch, upsert_ratings
+from service.db.versions import ModelVersion
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -33,8 +34,8 @@ def _enqueue(writes: sessionmaker[Session], n: int = 1, algorithm: str = "als-bi
         ]
 
 
-def _new_version(artifact: str = "a.mfmodel") -> jobs.NewVersion:
-    return jobs.NewVersion(
+def _new_version(artifact: str = "a.mfmodel") -> ModelVersion:
+    return ModelVersion(
         algorithm="als-biased",
         config={"epochs": 1},
         artifact=artifact,
@@ -56,7 +57,7 @@ def _publish(writes: sessionmaker[Session], worker: str = "w1", activate: bool =
         claimed = jobs.claim_job(session, worker)
         assert claimed is not None
         assert claimed.job_id == job_id
-        version = jobs.publish_version(
+        version = versions.publish_version(
             session, job_id, worker, _new_version(f"v{job_id}.mfmodel"), activate=activate
         )
     assert version is not None
@@ -165,41 +166,43 @@ def test_reaper_fails_jobs_without_heartbeat(writes: sessionmaker[Session]) -> N
         assert jobs.get_job(session, fresh).status == "running"
         # the reaped worker can no longer report or publish
         assert not jobs.heartbeat(session, stale, "dead").owned
-        assert jobs.publish_version(session, stale, "dead", _new_version(), activate=True) is None
-        assert jobs.list_versions(session) == []
+        assert (
+            versions.publish_version(session, stale, "dead", _new_version(), activate=True) is None
+        )
+        assert versions.list_versions(session) == []
 
 
 def test_publish_activate_rollback_and_prune(writes: sessionmaker[Session]) -> None:
     assert [_publish(writes) for _ in range(3)] == [1, 2, 3]
     with transaction(writes) as session:
-        active = jobs.get_active_version(session)
+        active = versions.get_active_version(session)
         assert active is not None
         assert active.version == 3
         assert active.active
         job = jobs.get_job(session, active.job_id or 0)
         assert (job.status, job.version) == ("succeeded", 3)
-        rolled = jobs.activate_version(session, 1)
+        rolled = versions.activate_version(session, 1)
         assert rolled.active
     with transaction(writes) as session:
-        assert jobs.active_version_number(session) == 1
-        assert [v.version for v in jobs.list_versions(session)] == [3, 2, 1]
-        assert [v.active for v in jobs.list_versions(session)] == [False, False, True]
-        candidates = jobs.prune_candidates(session, keep=1)
+        assert versions.active_version_number(session) == 1
+        assert [v.version for v in versions.list_versions(session)] == [3, 2, 1]
+        assert [v.active for v in versions.list_versions(session)] == [False, False, True]
+        candidates = versions.prune_candidates(session, keep=1)
         assert [v.version for v in candidates] == [2]  # version 1 is active: kept
-        assert jobs.mark_pruned(session, [2]) == [2]
+        assert versions.mark_pruned(session, [2]) == [2]
     with transaction(writes) as session:
-        assert jobs.referenced_artifacts(session) == {"v1.mfmodel", "v3.mfmodel"}
-        with pytest.raises(jobs.VersionUnavailableError, match="retention"):
-            jobs.activate_version(session, 2)
-    with transaction(writes) as session, pytest.raises(jobs.VersionNotFoundError):
-        jobs.activate_version(session, 99)
+        assert versions.referenced_artifacts(session) == {"v1.mfmodel", "v3.mfmodel"}
+        with pytest.raises(versions.VersionUnavailableError, match="retention"):
+            versions.activate_version(session, 2)
+    with transaction(writes) as session, pytest.raises(versions.VersionNotFoundError):
+        versions.activate_version(session, 99)
 
 
 def test_unactivated_publish_keeps_the_active_version(writes: sessionmaker[Session]) -> None:
     _publish(writes)
     _publish(writes, activate=False)
     with transaction(writes) as session:
-        assert jobs.active_version_number(session) == 1
+        assert versions.active_version_number(session) == 1
 
 
 def test_schedule_queries(writes: sessionmaker[Session]) -> None:
@@ -207,19 +210,19 @@ def test_schedule_queries(writes: sessionmaker[Session]) -> None:
         upsert_ratings(
             session, RatingBatch(["u1", "u2"], ["i1", "i1"], [4.0, None], [T0, T0]), now=T0
         )
-        assert not jobs.has_open_job(session)
-        assert jobs.newest_snapshot_watermark(session) is None
-        assert jobs.count_ratings_stored_after(session, None) == 2
+        assert not schedule.has_open_job(session)
+        assert schedule.newest_snapshot_watermark(session) is None
+        assert schedule.count_ratings_stored_after(session, None) == 2
     (job_id,) = _enqueue(writes)
     with transaction(writes) as session:
-        assert jobs.has_open_job(session)
+        assert schedule.has_open_job(session)
         jobs.claim_job(session, "w")
         jobs.record_snapshot(session, job_id, "w", {"n_ratings": 2}, T0)
         later = T0 + timedelta(minutes=1)
         batch = RatingBatch(["u3"], ["i2"], [3.0], [later])
         upsert_ratings(session, batch, now=later)
-        assert jobs.newest_snapshot_watermark(session) == T0
-        assert jobs.count_ratings_stored_after(session, T0) == 1
+        assert schedule.newest_snapshot_watermark(session) == T0
+        assert schedule.count_ratings_stored_after(session, T0) == 1
 
 
 def test_snapshot_streams_every_rating(engine: Engine, writes: sessionmaker[Session]) -> None:

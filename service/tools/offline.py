@@ -10,7 +10,6 @@ top-N lists that exclude each user's training items.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -20,22 +19,19 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from service.config import Settings
-from service.datasets import DatasetError, load_ml100k
 from service.ml.base import Recommender, TrainingProgress
 from service.ml.catalog import CatalogError, create_model
 from service.ml.data import Interactions
 from service.ml.device import configure_threads
-from service.ml.metrics import evaluate_model
+from service.ml.metrics import RANKING_K, evaluate_model
 from service.ml.splits import Split, rating_holdout, user_holdout
+from service.tools.datasets import DatasetError, load_ml100k
 
 RATING_TEST_FRACTION = 0.1
 """Share of all ratings held out for testing explicit models (90/10)."""
 
 USER_TEST_FRACTION = 0.2
 """Share of each user's items held out for testing implicit models."""
-
-RANKING_CUTOFF = 10
-"""k of nDCG@k and Recall@k."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ def fit_data(model: Recommender[Any], split: Split) -> tuple[Interactions, Inter
     return split.train_full, None
 
 
-def train_and_evaluate(
+def fit_and_test(
     model: Recommender[Any],
     data: Interactions,
     seed: int,
@@ -104,7 +100,7 @@ def train_and_evaluate(
     finally:
         bar.close()
     fit_seconds = time.perf_counter() - started
-    metrics = evaluate_model(model, split.train_full, split.test, k=RANKING_CUTOFF)
+    metrics = evaluate_model(model, split.train_full, split.test, k=RANKING_K)
     return OfflineResult(model, split, metrics, fit_seconds, max(done[0], 1))
 
 
@@ -131,27 +127,35 @@ def metrics_table(result: OfflineResult) -> str:
     return format_table(rows, ["metric", "value"])
 
 
-def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
+def run_train_command(
+    settings: Settings,
+    *,
+    dataset: str,
+    model_name: str,
+    config: dict[str, Any],
+    seed: int,
+    output: Path | None = None,
+) -> int:
     """`mfserve train`: train one model offline, print its test metrics, optionally save it."""
     configure_threads(None)
-    config = dict(args.config)
-    config.setdefault("seed", args.seed)
+    config = dict(config)
+    config.setdefault("seed", seed)
     try:
-        model = create_model(args.model, config)
+        model = create_model(model_name, config)
     except CatalogError as exc:
         print(f"mfserve train: {exc}", file=sys.stderr)
         return 2
     try:
-        data = load_dataset(args.dataset, settings.cache_dir)
+        data = load_dataset(dataset, settings.cache_dir)
     except DatasetError as exc:
         print(f"mfserve train: {exc}", file=sys.stderr)
         return 1
     protocol = "90/10 rating split" if model.explicit else "20% per-user holdout"
-    print(f"{args.dataset}: {len(data)} interactions, {protocol}, seed {args.seed}")
-    result = train_and_evaluate(model, data, args.seed)
+    print(f"{dataset}: {len(data)} interactions, {protocol}, seed {seed}")
+    result = fit_and_test(model, data, seed)
     print(f"{model.name} on {model.device}, config {model.config.model_dump_json()}")
     print(metrics_table(result))
-    if args.output is not None:
-        model.save(args.output)
-        print(f"saved to {args.output}")
+    if output is not None:
+        model.save(output)
+        print(f"saved to {output}")
     return 0

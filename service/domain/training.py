@@ -10,9 +10,30 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.config import ALGORITHMS, Settings
-from service.db import jobs
+from service.config import ENV_PREFIX, Settings
+from service.db import jobs, versions
+from service.db.jobs import JobRequester, TrainingJob
+from service.db.versions import ModelVersion
 from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.ml.catalog import MODEL_NAMES, CatalogError, ModelConfigError, create_model
+
+
+def default_model_problem(settings: Settings) -> str | None:
+    """What is wrong with `MFSERVE_DEFAULT_ALGORITHM`/`_CONFIG`, naming the variable; None if
+    they make a model (checked when the API and the worker start)."""
+    if settings.default_algorithm not in MODEL_NAMES:
+        return (
+            f"{ENV_PREFIX}DEFAULT_ALGORITHM: unknown model {settings.default_algorithm!r}; "
+            f"one of {', '.join(MODEL_NAMES)}"
+        )
+    try:
+        create_model(settings.default_algorithm, dict(settings.default_config))
+    except (CatalogError, ValueError, TypeError) as exc:
+        return (
+            f"{ENV_PREFIX}DEFAULT_CONFIG is not a valid config for "
+            f"{settings.default_algorithm}: {exc}"
+        )
+    return None
 
 
 def validate_request(
@@ -23,19 +44,17 @@ def validate_request(
     Without an algorithm, `MFSERVE_DEFAULT_ALGORITHM` (and, without a config,
     `MFSERVE_DEFAULT_CONFIG`) is used.
     """
-    from service.ml.catalog import ModelConfigError, create_model
-
     if algorithm is None:
         algorithm = settings.default_algorithm
         if config is None:
             config = dict(settings.default_config)
     config = {} if config is None else config
-    if algorithm not in ALGORITHMS:
+    if algorithm not in MODEL_NAMES:
         raise InvalidInputError(
             [
                 {
                     "field": "algorithm",
-                    "message": f"unknown algorithm {algorithm!r}; one of {', '.join(ALGORITHMS)}",
+                    "message": f"unknown algorithm {algorithm!r}; one of {', '.join(MODEL_NAMES)}",
                 }
             ]
         )
@@ -58,13 +77,13 @@ def validate_request(
 
 def submit_retrain(
     session: Session, settings: Settings, algorithm: str | None, config: dict[str, Any] | None
-) -> jobs.JobRecord:
+) -> TrainingJob:
     """Validate and queue a training job requested through the admin API."""
     algorithm, config = validate_request(settings, algorithm, config)
-    return jobs.enqueue_job(session, algorithm, config, requested_by="admin")
+    return jobs.enqueue_job(session, algorithm, config, requested_by=JobRequester.ADMIN)
 
 
-def get_job(session: Session, job_id: int) -> jobs.JobRecord:
+def get_job(session: Session, job_id: int) -> TrainingJob:
     """One job; 404 when unknown."""
     try:
         return jobs.get_job(session, job_id)
@@ -72,7 +91,7 @@ def get_job(session: Session, job_id: int) -> jobs.JobRecord:
         raise NotFoundError(str(exc)) from None
 
 
-def cancel_job(session: Session, job_id: int) -> jobs.JobRecord:
+def cancel_job(session: Session, job_id: int) -> TrainingJob:
     """Cancel a queued job, or ask the worker to stop a running one; 404, or 409 if ended."""
     try:
         return jobs.request_cancel(session, job_id)
@@ -82,27 +101,27 @@ def cancel_job(session: Session, job_id: int) -> jobs.JobRecord:
         raise ConflictError(str(exc)) from None
 
 
-def get_version(session: Session, version: int) -> jobs.VersionRecord:
+def get_version(session: Session, version: int) -> ModelVersion:
     """One model version; 404 when unknown."""
     try:
-        return jobs.get_version(session, version)
-    except jobs.VersionNotFoundError as exc:
+        return versions.get_version(session, version)
+    except versions.VersionNotFoundError as exc:
         raise NotFoundError(str(exc)) from None
 
 
-def get_active_version(session: Session) -> jobs.VersionRecord:
+def get_active_version(session: Session) -> ModelVersion:
     """The active model version; 404 before any was trained."""
-    active = jobs.get_active_version(session)
+    active = versions.get_active_version(session)
     if active is None:
         raise NotFoundError("no model version is active yet")
     return active
 
 
-def activate_version(session: Session, version: int) -> jobs.VersionRecord:
+def activate_version(session: Session, version: int) -> ModelVersion:
     """Make a version active (rollback or roll forward); 404, or 409 when its artifact is gone."""
     try:
-        return jobs.activate_version(session, version)
-    except jobs.VersionNotFoundError as exc:
+        return versions.activate_version(session, version)
+    except versions.VersionNotFoundError as exc:
         raise NotFoundError(str(exc)) from None
-    except jobs.VersionUnavailableError as exc:
+    except versions.VersionUnavailableError as exc:
         raise ConflictError(str(exc)) from None

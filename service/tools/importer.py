@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -14,7 +13,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.config import Settings
-from service.datasets import DatasetError, fetch_ml100k
 from service.db.migrations import SchemaNotCurrentError, check_schema
 from service.db.session import (
     create_db_engine,
@@ -23,13 +21,23 @@ from service.db.session import (
     transaction,
 )
 from service.db.upsert import RatingBatch, UpsertCounts, upsert_ratings
-from service.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
-
-FORMATS = ("movielens-csv", "ml100k-udata", "recbole-inter", "csv")
+from service.domain.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
+from service.tools.datasets import DatasetError, fetch_ml100k
 
 
 class ImportFailedError(RuntimeError):
     """A file cannot be imported (unreadable, unknown layout, or invalid rows)."""
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    """Where a generic CSV file keeps each field (`mfserve import --format csv` options)."""
+
+    delimiter: str = ","
+    user: str = "user"
+    item: str = "item"
+    rating: str = "rating"
+    timestamp: str = "timestamp"
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,8 @@ def detect_format(path: Path) -> str:
     return "csv"
 
 
-def file_layout(fmt: str, args: argparse.Namespace) -> FileLayout:
-    """The layout of a format; generic CSV takes its columns and delimiter from the options."""
+def file_layout(fmt: str, columns: CsvColumns) -> FileLayout:
+    """The layout of a format; generic CSV takes its columns and delimiter from `columns`."""
     if fmt == "movielens-csv":
         return FileLayout(",", True, "userId", "movieId", "rating", "timestamp")
     if fmt == "ml100k-udata":
@@ -101,9 +109,8 @@ def file_layout(fmt: str, args: argparse.Namespace) -> FileLayout:
     if fmt == "recbole-inter":
         return FileLayout("\t", True, "user_id", "item_id", "rating", "timestamp")
     return FileLayout(
-        args.delimiter, True, args.user_column, args.item_column, args.rating_column,
-        args.timestamp_column,
-    )  # fmt: skip
+        columns.delimiter, True, columns.user, columns.item, columns.rating, columns.timestamp
+    )
 
 
 def _column_index(header: list[str], name: str | int | None, *, required: bool) -> int | None:
@@ -246,22 +253,33 @@ def import_file(
     return report
 
 
-def run_import_command(settings: Settings, args: argparse.Namespace) -> int:
+def run_import_command(
+    settings: Settings,
+    *,
+    path: Path | None,
+    dataset: str | None,
+    fmt: str = "auto",
+    columns: CsvColumns | None = None,
+    batch_size: int = 10_000,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> int:
     """`mfserve import PATH | --dataset ml-100k`: returns the exit code."""
     try:
-        path = fetch_ml100k(settings.cache_dir) if args.dataset else Path(args.path)
-        if not path.is_file():
-            raise ImportFailedError(f"{path}: no such file")
-        fmt = detect_format(path) if args.format == "auto" else args.format
-        if args.batch_size < 1:
+        source = fetch_ml100k(settings.cache_dir) if dataset else path
+        if source is None or not source.is_file():
+            raise ImportFailedError(f"{source}: no such file")
+        if fmt == "auto":
+            fmt = detect_format(source)
+        if batch_size < 1:
             raise ImportFailedError("--batch-size must be at least 1")
         report = import_file(
-            path,
-            file_layout(fmt, args),
+            source,
+            file_layout(fmt, columns or CsvColumns()),
             settings,
-            batch_size=args.batch_size,
-            skip_invalid=args.skip_invalid,
-            progress=not args.no_progress,
+            batch_size=batch_size,
+            skip_invalid=skip_invalid,
+            progress=progress,
         )
     except (
         ImportFailedError,
@@ -274,7 +292,7 @@ def run_import_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     rate = report.rows / report.seconds if report.seconds > 0 else 0.0
     print(
-        f"imported {report.rows} ratings from {path} ({fmt}): {report.inserted} inserted, "
+        f"imported {report.rows} ratings from {source} ({fmt}): {report.inserted} inserted, "
         f"{report.updated} updated, {report.ignored} ignored, {report.skipped} invalid skipped; "
         f"{report.seconds:.2f} s, {rate:,.0f} ratings/s"
     )

@@ -1,0 +1,1 @@
+"""Domain rules the routers and tools call: rating validation and training administration."""

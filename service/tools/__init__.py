@@ -1,0 +1,1 @@
+"""Command-line only: file import, offline training and evaluation, datasets."""
