@@ -19,6 +19,9 @@ one environment (CPU torch; install torch first so pip cannot pull a CUDA build)
     .venv-peers/bin/python bench/train.py --peers
 
 Without peers: `.venv/bin/python bench/train.py --sizes 100k,1m --epochs 3`.
+
+The factorization machines with ML-100K's metadata (features, cold items) are measured by
+`bench/fm.py`.
 """
 
 from __future__ import annotations

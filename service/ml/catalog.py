@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from service.ml.als import BiasedALS, ImplicitALS
 from service.ml.base import Recommender, read_model_name
 from service.ml.flexmf import FlexMFExplicit, FlexMFImplicit
+from service.ml.fm import FMExplicit, FMImplicit
 from service.ml.popular import Popular
 
 
@@ -52,6 +53,8 @@ MODEL_TYPES: tuple[type[Recommender[Any]], ...] = (
     ImplicitALS,
     FlexMFExplicit,
     FlexMFImplicit,
+    FMExplicit,
+    FMImplicit,
 )
 
 CATALOG: Mapping[str, ModelEntry] = {

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from service.ml.features import FeatureData
 
 IndexArray = npt.NDArray[np.int64]
 ValueArray = npt.NDArray[np.float32]
@@ -90,6 +94,8 @@ class Interactions:
     user_ids: Vocabulary
     item_ids: Vocabulary
     timestamps: IndexArray | None = None
+    features: FeatureData | None = field(default=None, repr=False, compare=False)
+    """User and item side features by external id (used by feature-aware models only)."""
     _cache: dict[str, CSR] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +154,7 @@ class Interactions:
             user_ids=self.user_ids,
             item_ids=self.item_ids,
             timestamps=None if self.timestamps is None else self.timestamps[mask_or_index],
+            features=self.features,
         )
 
     def user_csr(self) -> CSR:

@@ -57,6 +57,7 @@ def concat_interactions(first: Interactions, second: Interactions) -> Interactio
         user_ids=first.user_ids,
         item_ids=first.item_ids,
         timestamps=timestamps,
+        features=first.features,
     )
 
 

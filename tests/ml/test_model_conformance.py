@@ -41,6 +41,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "fold_in_regularization": 0.1,  # skips the (slow) fold-in calibration at the end of fit
         "device": "cpu",
     },
+    "fm-explicit": {"embedding_size": 8, "epochs": 15, "batch_size": 128, "device": "cpu"},
+    "fm-implicit": {"embedding_size": 8, "epochs": 10, "batch_size": 256, "device": "cpu"},
 }
 """Small, fast configs; every other option keeps its default."""
 
@@ -205,6 +207,13 @@ ACCURACY_CONFIGS: dict[str, dict[str, Any]] = {
     **TINY_CONFIGS,
     # 15 epochs of 9 batches at the default rate stay near the item means on this little data
     "flexmf-explicit": {**TINY_CONFIGS["flexmf-explicit"], "epochs": 30, "learning_rate": 0.05},
+    # the ML-100K defaults' L2 (0.2 per group) keeps this little data near the mean
+    "fm-explicit": {
+        **TINY_CONFIGS["fm-explicit"],
+        "epochs": 30,
+        "learning_rate": 0.05,
+        **dict.fromkeys(("reg_user_id", "reg_item_id", "reg_implicit"), 0.05),
+    },
 }
 """The tiny configs, with more training where they are too short to learn the planted data."""
 
