@@ -1,7 +1,7 @@
 """Factorization machines on MovieLens 100K with its metadata (genres, release year; age,
 gender, occupation), against the same models without features, in one run.
 
-1. `fm-explicit` RMSE on the seeded 90/10 rating split (`service.offline.split_for`), with and
+1. `fm-explicit` RMSE on the seeded 90/10 rating split (`service.tools.offline.split_for`), with and
    without features. Each variant's hyper-parameters are chosen from a small grid by RMSE on the
    validation slice carved from the training part; every grid point is fitted on `train` with
    early stopping on that slice, and only the chosen model is measured on the test part.
@@ -51,7 +51,7 @@ from service.ml.metrics import (  # noqa: E402
     model_predict_fn,
     model_score_fn,
 )
-from service.offline import format_table, load_dataset, split_for  # noqa: E402
+from service.tools.offline import format_table, load_dataset, split_for  # noqa: E402
 
 NO_FEATURES = {
     "user_features": False,

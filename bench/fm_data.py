@@ -9,8 +9,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from service.datasets import RECBOLE_REQUIREMENT
 from service.ml.features import FeatureData, Scalar
+from service.tools.datasets import RECBOLE_REQUIREMENT
 
 MEMBERS = {
     "ml-100k.item": "recbole/dataset_example/ml-100k/ml-100k.item",
