@@ -69,17 +69,7 @@ class ProfileReader:
         if not users:
             return {}
         sql, params = self._statement(users)
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
-            finally:
-                cursor.close()
-        finally:
-            connection.close()  # back to the pool
-        return _group(rows)
+        return _group(fetch_rows(self.engine, sql, params))
 
 
 class AsyncProfileReader:
@@ -129,6 +119,20 @@ class AsyncProfileReader:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.close()
+
+
+def fetch_rows(engine: Engine, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Every row of one statement, run on a pooled DBAPI connection (no SQLAlchemy layers)."""
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+    finally:
+        connection.close()  # back to the pool
 
 
 def _group(rows: Sequence[Sequence[Any]]) -> dict[str, UserProfile]:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from service.db.profiles import AsyncProfileReader, ProfileReader, UserProfile
+from service.db.profiles import AsyncProfileReader, ProfileReader, UserProfile, fetch_rows
 from service.db.session import create_db_engine, normalize_database_url
 
 MARKER_SQL = "SELECT external_id, history_version FROM users WHERE external_id {condition}"
@@ -50,17 +50,7 @@ class MarkerReader:
             sql, params = MARKER_SQL.format(condition=markers), tuple(users)
         else:
             sql, params = MARKER_SQL.format(condition="= ANY(%s)"), (users,)
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
-            finally:
-                cursor.close()
-        finally:
-            connection.close()  # back to the pool
-        return {str(user): int(version) for user, version in rows}
+        return {str(user): int(version) for user, version in fetch_rows(self.engine, sql, params)}
 
 
 class AsyncMarkerReader(AsyncProfileReader):
