@@ -16,6 +16,47 @@ from service.ml.flexmf.model import FlexMFParameters, Gather, dense_gather
 from service.ml.flexmf.optim import RowSparseAdam
 
 Validator = Callable[[], float]
+
+
+def train_epochs(
+    run_epoch: Callable[[], float],
+    module: torch.nn.Module,
+    epochs: int,
+    progress: ProgressCallback | None,
+    validate: Validator | None,
+    patience: int,
+) -> tuple[list[float], int | None]:
+    """Run up to `epochs` epochs with progress reports; with `validate`, stop after `patience`
+    epochs without improvement and restore the best epoch's parameters.
+
+    Returns the epochs' losses and the best epoch (None when nothing was validated).
+    """
+    start = time.perf_counter()
+    losses: list[float] = []
+    best_error = math.inf
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    for epoch in range(epochs):
+        losses.append(run_epoch())
+        if progress is not None:
+            elapsed = time.perf_counter() - start
+            progress(TrainingProgress(epoch + 1, epochs, losses[-1], elapsed))
+        if validate is None:
+            continue
+        error = validate()
+        if error < best_error:
+            best_error, stale, best_epoch = error, 0, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    return losses, best_epoch
+
+
 """Returns a validation error (lower is better) of the current parameters."""
 
 
@@ -121,29 +162,8 @@ class FlexMFTrainer(ABC):
         patience: int = 3,
     ) -> list[float]:
         """Train for the configured epochs (stopping early on `validate`); returns losses."""
-        start = time.perf_counter()
-        losses: list[float] = []
-        best_error = math.inf
-        best_state: dict[str, torch.Tensor] | None = None
-        stale = 0
-        for epoch in range(self.config.epochs):
-            loss = self.run_epoch()
-            losses.append(loss)
-            if progress is not None:
-                elapsed = time.perf_counter() - start
-                progress(TrainingProgress(epoch + 1, self.config.epochs, loss, elapsed))
-            if validate is None:
-                continue
-            error = validate()
-            if error < best_error:
-                best_error, stale, self.best_epoch = error, 0, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        else:
-            self.best_epoch = self.epochs_trained
+        losses, best = train_epochs(
+            self.run_epoch, self.model, self.config.epochs, progress, validate, patience
+        )
+        self.best_epoch = self.epochs_trained if best is None else best
         return losses

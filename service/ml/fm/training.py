@@ -4,18 +4,16 @@ touches, per-group L2 penalties, cosine schedule, progress reports and early sto
 from __future__ import annotations
 
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import torch
 
-from service.ml.base import ProgressCallback, TrainingProgress
+from service.ml.base import ProgressCallback
 from service.ml.flexmf.optim import RowSparseAdam
+from service.ml.flexmf.training import Validator, train_epochs
 from service.ml.fm.config import FMConfigBase
 from service.ml.fm.model import DeviceRows, FMParameters, side_sums
 
-Validator = Callable[[], float]
 """Returns a validation error (lower is better) of the current parameters."""
 
 
@@ -113,30 +111,10 @@ class FMTrainer(ABC):
         patience: int = 3,
     ) -> list[float]:
         """Train for the configured epochs (stopping early on `validate`); returns losses."""
-        start = time.perf_counter()
-        losses: list[float] = []
-        best_error = math.inf
-        best_state: dict[str, torch.Tensor] | None = None
-        stale = 0
-        for epoch in range(self.config.epochs):
-            losses.append(self.run_epoch())
-            if progress is not None:
-                elapsed = time.perf_counter() - start
-                progress(TrainingProgress(epoch + 1, self.config.epochs, losses[-1], elapsed))
-            if validate is None:
-                continue
-            error = validate()
-            if error < best_error:
-                best_error, stale, self.best_epoch = error, 0, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in self.params.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        if best_state is not None:
-            self.params.load_state_dict(best_state)
-        else:
-            self.best_epoch = self.epochs_trained
+        losses, best = train_epochs(
+            self.run_epoch, self.params, self.config.epochs, progress, validate, patience
+        )
+        self.best_epoch = self.epochs_trained if best is None else best
         return losses
 
 
