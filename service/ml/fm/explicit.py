@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -16,6 +15,7 @@ from service.ml.fm.config import FMExplicitConfig
 from service.ml.fm.model import DeviceRows, FMParameters, all_side_sums
 from service.ml.fm.scorer import FMScorer
 from service.ml.fm.training import FMTrainer
+from service.ml.rating_range import into_range, output_range
 
 
 class FMExplicit(FMScorer[FMExplicitConfig]):
@@ -33,28 +33,18 @@ class FMExplicit(FMScorer[FMExplicitConfig]):
 
     def transform_scores(self, raw: torch.Tensor) -> torch.Tensor:
         """Scaled sigmoid into the rating range when `sigmoid_range` is set, else identity."""
-        if self.rating_low is None or self.rating_high is None:
-            return raw
-        return self.rating_low + (self.rating_high - self.rating_low) * torch.sigmoid(raw)
+        return into_range(raw, self.rating_low, self.rating_high)
 
     def _setup_range(self, values: torch.Tensor) -> None:
         config = self.config
-        mean = float(values.double().mean())
         self.rating_max = float(values.max())
-        if not config.sigmoid_range:
-            self.rating_low = self.rating_high = None
-            self.global_bias = mean
-            return
-        if config.rating_range is not None:
-            low, high = config.rating_range
-        else:
-            low = float(values.min()) - config.range_margin
-            high = float(values.max()) + config.range_margin
-        if not low < mean < high:
-            raise ValueError(f"rating_range ({low}, {high}) must contain the mean rating {mean}")
-        self.rating_low, self.rating_high = low, high
-        unit = (mean - low) / (high - low)
-        self.global_bias = math.log(unit / (1 - unit))
+        self.rating_low, self.rating_high, offset = output_range(
+            values,
+            sigmoid_range=config.sigmoid_range,
+            rating_range=config.rating_range,
+            range_margin=config.range_margin,
+        )
+        self.global_bias = offset
 
     def fit(
         self,
