@@ -39,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions = make_sessionmaker(engine)
             write_sessions = make_sessionmaker(engine, write=True)
             read_engine = create_serving_engine(settings.database_url)
+            rating_writer = RatingWriter(write_sessions)
             try:
                 async with (
                     # loads the active model and builds its tables, polls for new ones
@@ -52,13 +53,14 @@ def create_app(settings: Settings) -> FastAPI:
                             engine=engine,
                             sessions=sessions,
                             write_sessions=write_sessions,
-                            rating_writer=RatingWriter(write_sessions),
+                            rating_writer=rating_writer,
                             registry=registry,
                             serving=runtime,
                             readiness=[registry_readiness(registry)],
                         )
                     }
             finally:
+                rating_writer.close()  # writes what is queued
                 read_engine.dispose()
         finally:
             engine.dispose()
@@ -85,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
     )
     # In front of everything, FastAPI's documentation routes included: matched first, once.
-    app.router.routes[:0] = recommendations.HOT_ROUTES
+    app.router.routes[:0] = recommendations.HOT_ROUTES + ratings.HOT_ROUTES
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(
