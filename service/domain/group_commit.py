@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -17,13 +18,22 @@ MAX_GROUP_ROWS = 20_000
 """Rows one group transaction takes at most; requests beyond wait for the next group."""
 
 
+_Waiter = Future[UpsertCounts] | asyncio.Future[UpsertCounts]
+
+
 @dataclass(slots=True)
 class _Request:
-    """One validated batch waiting for its group; `outcome` is settled once its group ends."""
+    """One validated batch waiting for its group; `waiter` is settled once its group ends.
+
+    `loop` is the event loop of an asyncio waiter (None for a thread's future).
+    """
 
     batch: RatingBatch
     now: datetime
-    outcome: Future[UpsertCounts]
+    waiter: _Waiter
+    loop: asyncio.AbstractEventLoop | None = None
+    counts: UpsertCounts | None = None
+    error: BaseException | None = None
 
 
 class RatingWriter:
@@ -58,7 +68,23 @@ class RatingWriter:
 
     def submit(self, batch: RatingBatch, *, now: datetime) -> Future[UpsertCounts]:
         """Queue a batch (stored all or nothing); its future holds the counts once committed."""
-        request = _Request(batch, now, Future())
+        future: Future[UpsertCounts] = Future()
+        self._enqueue(_Request(batch, now, future))
+        return future
+
+    async def store(self, batch: RatingBatch, *, now: datetime) -> UpsertCounts:
+        """Store a batch and return its counts once committed, without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[UpsertCounts] = loop.create_future()
+        self._enqueue(_Request(batch, now, waiter, loop))
+        return await waiter
+
+    def write(self, batch: RatingBatch, *, now: datetime) -> UpsertCounts:
+        """Store a batch and return its counts once committed (blocking)."""
+        return self.submit(batch, now=now).result()
+
+    def _enqueue(self, request: _Request) -> None:
+        """Queue a request for the writer thread, starting the thread at first use."""
         with self._condition:
             if self._closed:
                 raise RuntimeError("the rating writer is closed")
@@ -69,15 +95,6 @@ class RatingWriter:
                 )
                 self._thread.start()
             self._condition.notify()
-        return request.outcome
-
-    async def store(self, batch: RatingBatch, *, now: datetime) -> UpsertCounts:
-        """Store a batch and return its counts once committed, without blocking the loop."""
-        return await asyncio.wrap_future(self.submit(batch, now=now))
-
-    def write(self, batch: RatingBatch, *, now: datetime) -> UpsertCounts:
-        """Store a batch and return its counts once committed (blocking)."""
-        return self.submit(batch, now=now).result()
 
     def close(self) -> None:
         """Write what is queued, then stop the writer thread."""
@@ -97,19 +114,21 @@ class RatingWriter:
                 if not self._queue:
                     return
                 group = self._take_group()
-                self._writing = bool(group)
+                self._writing = True
             try:
-                if group:
-                    self._write_group(group)
-            finally:
+                self._write_group(group)
+            except BaseException as exc:  # a bug: still answer every waiting caller
                 for request in group:
-                    if not request.outcome.done():  # only after an error that is a bug
-                        request.outcome.set_exception(RuntimeError("the rating write failed"))
+                    if request.counts is None and request.error is None:
+                        request.error = exc
+                raise
+            finally:
                 with self._condition:
                     self._writing = False
+                _settle(group)
 
     def _take_group(self) -> list[_Request]:
-        """The oldest queued batches, up to the row limit (at least one), not cancelled."""
+        """The oldest queued batches, up to the row limit (at least one)."""
         rows = 0
         taken = 0
         for request in self._queue:
@@ -118,7 +137,7 @@ class RatingWriter:
             rows += len(request.batch)
             taken += 1
         group, self._queue = self._queue[:taken], self._queue[taken:]
-        return [request for request in group if request.outcome.set_running_or_notify_cancel()]
+        return group
 
     def _write_group(self, group: list[_Request]) -> None:
         """One transaction for the group; should it fail, each batch alone instead."""
@@ -126,7 +145,7 @@ class RatingWriter:
             self._write_together(group)
         except Exception as exc:
             if len(group) == 1:
-                group[0].outcome.set_exception(exc)
+                group[0].error = exc
                 return
             # Nothing of the group was committed: give every batch its own transaction, so
             # that one batch's failure cannot fail its neighbours.
@@ -134,10 +153,10 @@ class RatingWriter:
                 try:
                     self._write_together([request])
                 except Exception as exc:
-                    request.outcome.set_exception(exc)
+                    request.error = exc
 
     def _write_together(self, group: list[_Request]) -> None:
-        """Upsert the group's batches in one transaction, then settle their futures."""
+        """Upsert the group's batches in one transaction; record their counts once committed."""
         with transaction(self._sessions) as session:
             counts = upsert_batches(
                 session.connection(),
@@ -145,4 +164,34 @@ class RatingWriter:
                 [request.now for request in group],
             )
         for request, request_counts in zip(group, counts, strict=True):
-            request.outcome.set_result(request_counts)
+            request.counts = request_counts
+
+
+def _settle(group: list[_Request]) -> None:
+    """Hand each request its outcome: one call into each event loop for all of its waiters."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+    for request in group:
+        if request.loop is None:
+            _settle_one(request)
+        else:
+            by_loop.setdefault(request.loop, []).append(request)
+    for loop, requests in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_settle_all, requests)
+
+
+def _settle_all(requests: list[_Request]) -> None:
+    """Settle the waiters of one event loop (called in that loop)."""
+    for request in requests:
+        _settle_one(request)
+
+
+def _settle_one(request: _Request) -> None:
+    """Set the waiter's result or error, unless its caller gave up waiting (cancelled)."""
+    waiter = request.waiter
+    if waiter.cancelled():
+        return
+    if request.error is not None:
+        waiter.set_exception(request.error)
+    else:
+        waiter.set_result(request.counts)  # type: ignore[arg-type]
