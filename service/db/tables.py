@@ -14,7 +14,6 @@ from sqlalchemy import (
     Dialect,
     Enum,
     Float,
-    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -118,12 +117,12 @@ class Rating(Base):
     __tablename__ = "ratings"
 
     # (user_id, item_id) is the key and also the by-user index the recommend path reads.
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
-    item_id: Mapped[int] = mapped_column(
-        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign keys (their per-row checks dominated bulk writes): the rating writers create
+    # or find, and on PostgreSQL lock, the user and item in the same transaction
+    # (`db.upsert`), deleting a user deletes their ratings (`db.queries.delete_user`), and
+    # items are never deleted.
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     rating: Mapped[float | None] = mapped_column(Float)
     event_at: Mapped[datetime]
     """When the interaction happened (the client's timestamp)."""

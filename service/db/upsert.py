@@ -81,11 +81,19 @@ def upsert_batches(
             for index, (batch, batch_winners) in enumerate(pairs)
             for i in batch_winners
         ]
-        stored = backend.stored_times(cursor, sorted({(row[1], row[2]) for row in rows}))
-        counts, writes = _replay(rows, stored, [len(batch) for batch in batches])
-        if writes:
-            backend.write_ratings(cursor, writes)
-            backend.touch_users(cursor, sorted({write[0] for write in writes}), group_now)
+        if postgres and len(batches) == 1:
+            # One batch: PostgreSQL's upsert itself tells inserted from updated rows.
+            writes = sorted(row[1:] for row in rows)
+            inserted, updated, changed = backend.write_ratings(cursor, writes)
+            counts = [UpsertCounts(inserted, updated, len(batches[0]) - inserted - updated)]
+        else:
+            stored = backend.stored_times(cursor, sorted({(row[1], row[2]) for row in rows}))
+            counts, writes = _replay(rows, stored, [len(batch) for batch in batches])
+            if writes:
+                backend.write_ratings(cursor, writes)
+            changed = sorted({write[0] for write in writes})
+        if changed:
+            backend.touch_users(cursor, changed, group_now)
     finally:
         cursor.close()
     return counts
