@@ -10,9 +10,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-SQLITE_CHUNK = 4_000
-"""External ids looked up per statement."""
-
 
 def time_key(value: datetime) -> str:
     """A UTC time as SQLAlchemy stores DateTime in SQLite (so that text order is time order)."""
@@ -22,30 +19,33 @@ def time_key(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
+# Every statement takes its rows as one JSON parameter: one call into SQLite per statement,
+# where `executemany` would release and retake the GIL for each row (and wait for the event
+# loop's thread to hand it back each time).
 _INSERT_USERS = """
     INSERT INTO users (external_id, created_at, history_changed_at, history_version)
-    VALUES (?, ?, ?, 0) ON CONFLICT (external_id) DO NOTHING
+    SELECT value, ?2, ?2, 0 FROM json_each(?1) WHERE true
+    ON CONFLICT (external_id) DO NOTHING
 """
 
 _INSERT_ITEMS = """
     INSERT INTO items (external_id, tags, attributes, created_at, updated_at)
-    VALUES (?, '[]', '{}', ?, ?) ON CONFLICT (external_id) DO NOTHING
+    SELECT value, '[]', '{}', ?2, ?2 FROM json_each(?1) WHERE true
+    ON CONFLICT (external_id) DO NOTHING
 """
 
 
 def resolve_users(cursor: Any, names: list[str], now: datetime) -> dict[str, int]:
     """Internal ids of users, creating the missing ones."""
-    return _resolve(cursor, "users", names, _INSERT_USERS, (time_key(now), time_key(now)))
+    return _resolve(cursor, "users", names, _INSERT_USERS, time_key(now))
 
 
 def resolve_items(cursor: Any, names: list[str], now: datetime) -> dict[str, int]:
     """Internal ids of items, creating the missing ones with empty metadata."""
-    return _resolve(cursor, "items", names, _INSERT_ITEMS, (time_key(now), time_key(now)))
+    return _resolve(cursor, "items", names, _INSERT_ITEMS, time_key(now))
 
 
-def _resolve(
-    cursor: Any, table: str, names: list[str], insert: str, defaults: tuple[str, ...]
-) -> dict[str, int]:
+def _resolve(cursor: Any, table: str, names: list[str], insert: str, now: str) -> dict[str, int]:
     """Ids of external ids in `table`, inserting the missing ones with `insert`."""
     # One JSON parameter instead of one per id: a statement SQLite can keep prepared.
     select = (
@@ -53,17 +53,12 @@ def _resolve(
     )
 
     def find(wanted: list[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for start in range(0, len(wanted), SQLITE_CHUNK):
-            found.update(
-                cursor.execute(select, (json.dumps(wanted[start : start + SQLITE_CHUNK]),))
-            )
-        return found
+        return dict(cursor.execute(select, (json.dumps(wanted),)))
 
     found = find(names)
     missing = [name for name in names if name not in found]
     if missing:
-        cursor.executemany(insert, [(name, *defaults) for name in missing])
+        cursor.execute(insert, (json.dumps(missing), now))
         found.update(find(missing))
     return found
 
@@ -85,7 +80,9 @@ def stored_times(cursor: Any, pairs: list[tuple[int, int]]) -> dict[tuple[int, i
 
 
 _UPSERT = """
-    INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at) VALUES (?, ?, ?, ?, ?)
+    INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4
+    FROM json_each(?) WHERE true
     ON CONFLICT (user_id, item_id) DO UPDATE
     SET rating = excluded.rating, event_at = excluded.event_at, stored_at = excluded.stored_at
     WHERE excluded.event_at >= ratings.event_at
@@ -94,7 +91,7 @@ _UPSERT = """
 
 def write_ratings(cursor: Any, rows: list[tuple[int, int, float | None, str, str]]) -> None:
     """Upsert (user id, item id, rating, event time, stored at) rows, at most one per pair."""
-    cursor.executemany(_UPSERT, rows)
+    cursor.execute(_UPSERT, (json.dumps(rows),))
 
 
 _TOUCH = """
