@@ -105,8 +105,8 @@ def user_vector(context: ServingContext, user: str, profile: UserProfile | None)
         vector = Vector("foldin", *placed)
     else:
         vector = history_vector(primary, indices, profile.ratings)
-    if vector.source == "popular":
-        vector = _without_history(context, user, rated_db)
+    if vector.source == "popular":  # not kept: attributes may arrive before any rating does
+        return _without_history(context, user, rated_db)
     vector.rated_db = rated_db
     changed.keep_folded(user, profile.history_version, primary.model, vector)
     return vector

@@ -34,7 +34,9 @@ def test_users_created_by_ratings_have_no_attributes(client: TestClient) -> None
 
 def test_a_user_put_first_can_rate_later(client: TestClient) -> None:
     assert client.put("/users/bob", json={"attributes": {"age": 20}}).status_code == 201
-    assert client.post("/ratings", json={"user": "bob", "item": "i", "rating": 4}).status_code == 201
+    assert (
+        client.post("/ratings", json={"user": "bob", "item": "i", "rating": 4}).status_code == 201
+    )
     assert client.get("/users/bob/ratings").json()["items"][0]["item"] == "i"
     assert client.get("/users/bob").json()["attributes"] == {"age": 20}
 
