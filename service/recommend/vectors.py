@@ -105,7 +105,8 @@ def user_vector(context: ServingContext, user: str, profile: UserProfile | None)
         vector = Vector("foldin", *placed)
     else:
         vector = history_vector(primary, indices, profile.ratings)
-    if vector.source == "popular":  # not kept: attributes may arrive before any rating does
+    if vector.source == "popular" and context.tables.features is not None:
+        # not kept: the user's attributes may arrive or change while their history does not
         return _without_history(context, user, rated_db)
     vector.rated_db = rated_db
     changed.keep_folded(user, profile.history_version, primary.model, vector)

@@ -20,7 +20,7 @@ from service.db.versions import get_active_version
 from service.ml.catalog import create_model
 from service.ml.features import FeatureData
 from service.worker.loop import Worker, snapshot_info
-from service.worker.pipeline import RatingsData, build_interactions
+from service.worker.pipeline import RatingsData, build_interactions, refit_config
 
 FM = {"embedding_size": 8, "epochs": 15, "batch_size": 128, "device": "cpu", "seed": 5}
 
@@ -110,3 +110,11 @@ def test_refit_can_be_turned_off(rated_engine: Engine, settings: Settings) -> No
     assert job.metrics is not None
     assert "refit" not in job.metrics
     assert job.progress.phase == "training"
+
+
+def test_the_refit_takes_the_best_validation_epoch() -> None:
+    model = create_model("fm-explicit", FM)
+    assert refit_config(model)["epochs"] == FM["epochs"]
+    model.best_epoch = 6  # type: ignore[attr-defined]
+    assert refit_config(model)["epochs"] == 6
+    assert refit_config(create_model("als-biased", {"epochs": 3}))["epochs"] == 3
