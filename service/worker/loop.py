@@ -265,8 +265,11 @@ class Worker:
         snapshot = read_ratings_snapshot(self.engine, with_features=uses_features)
         info = snapshot_info(snapshot)
         with transaction(self.write_sessions) as session:
+            summary = info.summary()
+            if snapshot.features is not None:
+                summary.update(snapshot.features.summary())
             state = jobs.record_snapshot(
-                session, job.job_id, self.worker_id, info.summary(), snapshot.stored_until
+                session, job.job_id, self.worker_id, summary, snapshot.stored_until
             )
         self._check(state.owned, state.cancel_requested, beat)
         data = RatingsData(

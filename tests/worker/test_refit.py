@@ -83,6 +83,9 @@ def test_the_served_model_is_the_config_refitted_on_the_whole_snapshot(
     assert job.metrics["refit"]["n_ratings"] == n_ratings
     assert job.metrics["n_train"] < n_ratings  # the gate saw the training slice only
     assert job.progress.phase == "refit"
+    assert job.snapshot is not None
+    assert job.snapshot["users_with_attributes"] == 30
+    assert job.snapshot["items_with_features"] == 40
     with transaction(make_sessionmaker(rated_engine)) as session:
         version = get_active_version(session)
     assert version is not None
