@@ -9,7 +9,17 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 
 import service
-from service.api import admin, foldin, health, items, ratings, recommendations, scores, similar
+from service.api import (
+    admin,
+    foldin,
+    health,
+    items,
+    ratings,
+    recommendations,
+    scores,
+    similar,
+    users,
+)
 from service.api.limits import BodySizeLimit
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
@@ -83,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             similar.router,
             ratings.router,
             items.router,
+            users.router,
             admin.router,
         )
     )

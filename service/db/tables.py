@@ -1,4 +1,5 @@
-"""Database tables: users and items with external string ids, and their ratings."""
+"""Database tables: users and items with external string ids, their ratings, and users'
+attributes."""
 
 from __future__ import annotations
 
@@ -130,6 +131,19 @@ class Rating(Base):
     """When this row was last written; the worker counts rows stored after its snapshot."""
 
 
+class UserAttributes(Base):
+    """What a user told about themselves (age, country, …): JSON strings, numbers, booleans."""
+
+    __tablename__ = "user_attributes"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    attributes: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(index=True)
+
+
 users = cast(Table, User.__table__)
 items = cast(Table, Item.__table__)
 ratings = cast(Table, Rating.__table__)
+user_attributes = cast(Table, UserAttributes.__table__)

@@ -76,6 +76,9 @@ class Recommender(ABC, Generic[ConfigT]):
     config_type: ClassVar[type[BaseModel]]
     explicit: ClassVar[bool] = False
     """True when scores are predicted ratings (explicit feedback models)."""
+    uses_features: ClassVar[bool] = False
+    """True when `fit` reads `Interactions.features` and the model scores users and items
+    outside its training data from their attributes and tags (cold start)."""
 
     def __init__(self, config: ConfigT | None = None) -> None:
         self.config: ConfigT = config if config is not None else self.config_type()  # type: ignore[assignment]
