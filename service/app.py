@@ -9,7 +9,18 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 
 import service
-from service.api import admin, foldin, health, items, ratings, recommendations, scores, similar
+from service.api import (
+    admin,
+    dashboard,
+    foldin,
+    health,
+    insights,
+    items,
+    ratings,
+    recommendations,
+    scores,
+    similar,
+)
 from service.api.limits import BodySizeLimit
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
@@ -82,8 +93,11 @@ def create_app(settings: Settings) -> FastAPI:
             ratings.router,
             items.router,
             admin.router,
+            insights.router,
+            dashboard.router,
         )
     )
+    app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
     # In front of everything, FastAPI's documentation routes included: matched first, once.
     app.router.routes[:0] = recommendations.HOT_ROUTES
     if metrics is not None:
