@@ -118,6 +118,7 @@ function tick() {
 function slowTick() {
   refreshLiveVersion();
   if (state.tab === "overview") refreshOverview().catch(showError);
+  if (state.tab === "models") refreshModels().catch(showError);
 }
 
 function showTab(tab) {
