@@ -21,6 +21,13 @@ STATIC_DIR = WEB_DIR / "static"
 
 STATIC_PREFIX = "/dashboard/static"
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""Only the service's own files run, nothing is fetched elsewhere, and no other site frames the
+page (Chart.js sets inline styles on its canvas)."""
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -30,7 +37,11 @@ def dashboard_page() -> FileResponse:
     return FileResponse(
         WEB_DIR / "index.html",
         media_type="text/html; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"},
+        headers={
+            "Cache-Control": "no-cache",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        },
     )
 
 

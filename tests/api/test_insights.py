@@ -85,6 +85,7 @@ def test_the_page_is_public_and_serves_its_vendored_files(admin: TestClient) -> 
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "no-referrer" in page.headers["referrer-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
     sources = [s for s in re.findall(r'(?:src|href)="([^"]+)"', page.text) if s != "#"]
     assert sources
     assert all(source.startswith("/dashboard/static/") for source in sources)

@@ -45,7 +45,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "MFSERVE_REGISTRY_POLL_INTERVAL": "0.2",
     }
     with (
-        run_api_process(url, env=env, with_worker=True) as server,
+        run_api_process(url, env=env, with_worker=True, startup_timeout=HANG_GUARD_S) as server,
         httpx.Client(base_url=server.base_url, headers=AUTH, timeout=30.0) as api,
     ):
         seed(api)
@@ -94,6 +94,13 @@ def page(browser: Browser, deployment: Deployment) -> Iterator[Page]:
     )
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    # what the page's Content-Security-Policy refused (failed 4xx fetches are logged too: kept)
+    tab.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     tab.goto(f"{deployment.server.base_url}/dashboard")
     try:
         yield tab
