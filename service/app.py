@@ -11,8 +11,10 @@ from fastapi import APIRouter, FastAPI, Request
 import service
 from service.api import (
     admin,
+    dashboard,
     foldin,
     health,
+    insights,
     items,
     ratings,
     recommendations,
@@ -95,8 +97,11 @@ def create_app(settings: Settings) -> FastAPI:
             items.router,
             users.router,
             admin.router,
+            insights.router,
+            dashboard.router,
         )
     )
+    app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
     # In front of everything, FastAPI's documentation routes included: matched first, once.
     app.router.routes[:0] = recommendations.HOT_ROUTES + ratings.HOT_ROUTES
     if metrics is not None:

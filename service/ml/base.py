@@ -42,6 +42,9 @@ class TrainingProgress:
     epochs: int
     loss: float
     elapsed_s: float
+    validation_rmse: float | None = None
+    """RMSE on the validation slice after this epoch, where the model measures it (early
+    stopping of explicit models); None otherwise."""
 
 
 ProgressCallback = Callable[[TrainingProgress], None]

@@ -28,7 +28,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.db import jobs, schedule, versions
+from service.db import curves, jobs, schedule, versions
 from service.db.jobs import JobPhase, JobRequester, JobStatus, TrainingJob
 from service.db.migrations import SchemaNotCurrentError, check_schema
 from service.db.session import create_db_engine, make_sessionmaker, transaction
@@ -226,6 +226,17 @@ class Worker:
                     elapsed_s=report.elapsed_s,
                     phase=phase,
                 )
+                if state.owned:  # the curve stays viewable after the job ends
+                    curves.record_point(
+                        session,
+                        job_id,
+                        epoch=report.epoch,
+                        epochs=report.epochs,
+                        loss=report.loss,
+                        elapsed_s=report.elapsed_s,
+                        validation_rmse=report.validation_rmse,
+                        phase=phase,
+                    )
             self._check(state.owned and not beat.lost.is_set(), state.cancel_requested, beat)
 
         return progress
