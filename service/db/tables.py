@@ -15,6 +15,7 @@ from sqlalchemy import (
     Dialect,
     Enum,
     Float,
+    ForeignKey,
     Integer,
     MetaData,
     String,
