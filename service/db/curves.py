@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from service.db.jobs import JobPhase, utcnow
 from service.db.tables import Base
 
+
 class CurvePoint(Base):
     """One epoch of a job's training: its loss and, where measured, the validation RMSE."""
 
