@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import uuid
 from typing import Any, ClassVar
 
 import psycopg
@@ -44,6 +45,20 @@ class MalformedJSONError(BadRequestError):
     error = "malformed_json"
 
 
+class UnauthorizedError(ServiceError):
+    """No credential was sent (or not as `Authorization: Bearer <key>`)."""
+
+    status_code = 401
+    error = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    """The credential is unknown or revoked, or lacks the scope the call needs."""
+
+    status_code = 403
+    error = "forbidden"
+
+
 class NotFoundError(ServiceError):
     """An unknown user, item or rating."""
 
@@ -63,6 +78,13 @@ class PayloadTooLargeError(ServiceError):
 
     status_code = 413
     error = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """A body that is not `application/json` where JSON is expected."""
+
+    status_code = 415
+    error = "unsupported_media_type"
 
 
 class InvalidInputError(ServiceError):
@@ -86,8 +108,11 @@ def error_response(status_code: int, error: str, detail: Any, **extra: Any) -> J
 
 _HTTP_ERROR_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    415: "unsupported_media_type",
     413: "payload_too_large",
 }
 
@@ -132,9 +157,21 @@ async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
-    return error_response(500, ServiceError.error, "internal server error")
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # the reply carries the id the log line names (`X-Request-ID`, set by the API's middleware)
+    request_id = str((request.scope.get("state") or {}).get("request_id") or uuid.uuid4().hex)
+    logger.error(
+        "unhandled error in %s %s (request id %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    response = error_response(
+        500, ServiceError.error, "internal server error", request_id=request_id
+    )
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from pydantic import TypeAdapter
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import (
     ItemPath,
     JsonBodyDep,
@@ -32,10 +33,11 @@ from service.api.schemas import (
     UserRatingsPage,
 )
 from service.db import queries
+from service.db.keys import Scope
 from service.domain.ingest import InvalidRatingsError, PayloadShapeError, RatingRules, parse_payload
 from service.errors import InvalidInputError, NotFoundError
 
-router = APIRouter(tags=["ratings"])
+router = APIRouter(tags=["ratings"], responses=AUTH_RESPONSES)
 
 MAX_REPORTED_ERRORS = 100
 """Row errors listed in a 422 reply; `error_count` tells how many there were in all."""
@@ -50,6 +52,7 @@ BODY_COMPONENTS: dict[str, Any] = BODY_SCHEMA.pop("$defs", {})
     "/ratings",
     status_code=status.HTTP_201_CREATED,
     summary="Store one rating or a batch",
+    dependencies=[require_scope(Scope.INGEST)],
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}
     },
@@ -81,7 +84,11 @@ def post_ratings(payload: JsonBodyDep, state: StateDep, settings: SettingsDep) -
     return IngestResult(inserted=counts.inserted, updated=counts.updated, ignored=counts.ignored)
 
 
-@router.get("/users/{user}/ratings", summary="A user's ratings, page by page")
+@router.get(
+    "/users/{user}/ratings",
+    summary="A user's ratings, page by page",
+    dependencies=[require_scope(Scope.READ)],
+)
 def get_user_ratings(
     user: UserPath,
     session: SessionDep,
@@ -104,6 +111,7 @@ def get_user_ratings(
     "/users/{user}/ratings/{item}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete one rating",
+    dependencies=[require_scope(Scope.INGEST)],
 )
 def delete_rating(user: UserPath, item: ItemPath, session: WriteSessionDep) -> Response:
     """Forget the user's rating of the item; 404 when there is none."""
@@ -112,7 +120,12 @@ def delete_rating(user: UserPath, item: ItemPath, session: WriteSessionDep) -> R
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.delete("/users/{user}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user")
+@router.delete(
+    "/users/{user}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a user",
+    dependencies=[require_scope(Scope.INGEST)],
+)
 def delete_user(user: UserPath, session: WriteSessionDep) -> Response:
     """Delete the user and every rating of theirs; 404 for an unknown user."""
     if queries.delete_user(session, user) is None:

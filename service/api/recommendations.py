@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.auth import AUTH_RESPONSES, authorize, require_scope
 from service.api.deps import checked_id
+from service.api.schemas import PATH_ID, QUERY_ID
 from service.api.serving_deps import (
     RuntimeDep,
     json_reply,
@@ -27,6 +29,7 @@ from service.api.serving_schemas import (
     BatchRecommendIn,
     RecommendationOut,
 )
+from service.db.keys import Scope
 from service.errors import InvalidInputError
 from service.recommend import (
     Recommendation,
@@ -36,7 +39,9 @@ from service.recommend import (
     rank_users,
 )
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
+)
 
 NO_MODEL: dict[int | str, dict[str, Any]] = {
     503: {"description": "no model has been trained yet (`no_model`)"}
@@ -54,7 +59,7 @@ def recommendation_payload(result: Recommendation) -> dict[str, Any]:
 
 
 RECOMMEND_PARAMETERS = [
-    query_doc("user", {"type": "string"}, "external user id", "path"),
+    query_doc("user", PATH_ID, "external user id", "path"),
     query_doc(
         "n",
         {"type": "integer", "default": 10},
@@ -63,10 +68,8 @@ RECOMMEND_PARAMETERS = [
     query_doc(
         "exclude_rated", {"type": "boolean", "default": True}, "leave out the user's rated items"
     ),
-    query_doc("exclude", {"type": "array", "items": {"type": "string"}}, "items to leave out"),
-    query_doc(
-        "tag", {"type": "array", "items": {"type": "string"}}, "only items carrying every tag"
-    ),
+    query_doc("exclude", {"type": "array", "items": QUERY_ID}, "items to leave out"),
+    query_doc("tag", {"type": "array", "items": QUERY_ID}, "only items carrying every tag"),
 ]
 
 
@@ -84,6 +87,7 @@ async def recommend(request: Request) -> Response:
 
     Parameters are parsed by hand: FastAPI's parameter machinery costs more than the scoring.
     """
+    authorize(request, Scope.SERVE)
     runtime = runtime_of(request)
     user = checked_id(request.path_params["user"], "user")
     args = query_args(request)

@@ -5,12 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.serving_deps import RuntimeDep, json_reply, request_history, too_many
 from service.api.serving_schemas import ScoresIn, ScoresOut
+from service.db.keys import Scope
 from service.errors import InvalidInputError
 from service.recommend import score_items
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
+)
 
 
 @router.post(

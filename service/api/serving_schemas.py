@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.tables import EXTERNAL_ID_LENGTH
+from service.api.schemas import ExternalId
 
-ExternalId = Annotated[str, Field(min_length=1, max_length=EXTERNAL_ID_LENGTH)]
 Source = Literal["model", "foldin", "popular"]
 
 

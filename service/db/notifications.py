@@ -39,14 +39,17 @@ def libpq_dsn(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-class ActivationListener:
-    """A daemon thread that calls `on_activation(version)` for every activation notice."""
+class ChannelListener:
+    """A daemon thread that calls `on_notice(payload)` for every notice on one channel."""
 
-    def __init__(self, database_url: str, on_activation: Callable[[int], None]) -> None:
+    def __init__(
+        self, database_url: str, channel: str, on_notice: Callable[[str], None], name: str
+    ) -> None:
         self._dsn = libpq_dsn(database_url)
-        self._on_activation = on_activation
+        self._channel = channel
+        self._on_notice = on_notice
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="activation-listener", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         """Start listening in the background."""
@@ -62,13 +65,21 @@ class ActivationListener:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as connection:
-                    connection.execute(f"LISTEN {ACTIVATION_CHANNEL}")
+                    connection.execute(f"LISTEN {self._channel}")
                     while not self._stopping.is_set():
                         for notice in connection.notifies(timeout=WAIT_SLICE_S):
-                            self._deliver(notice.payload)
+                            self._on_notice(notice.payload)
             except psycopg.Error as exc:
-                log.warning("activation listener lost its connection (%s); reconnecting", exc)
+                log.warning("%s lost its connection (%s); reconnecting", self._thread.name, exc)
                 self._stopping.wait(RECONNECT_DELAY_S)
+
+
+class ActivationListener(ChannelListener):
+    """A daemon thread that calls `on_activation(version)` for every activation notice."""
+
+    def __init__(self, database_url: str, on_activation: Callable[[int], None]) -> None:
+        super().__init__(database_url, ACTIVATION_CHANNEL, self._deliver, "activation-listener")
+        self._on_activation = on_activation
 
     def _deliver(self, payload: str) -> None:
         try:
