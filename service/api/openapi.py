@@ -8,14 +8,16 @@ module adds those to the generated document once, when it is first asked for.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.api import ratings
+from service.api import ratings, recommendations
 from service.api.schemas import ATTRIBUTE_VALUE_SCHEMA
 from service.config import Settings
+from service.domain.training import ALGORITHMS
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
@@ -86,6 +88,8 @@ def install_contract(app: FastAPI, settings: Settings) -> None:
 
 def complete_document(document: dict[str, Any], settings: Settings) -> None:
     """Add the hand-parsed bodies, the error replies and the settings' limits."""
+    paths = document.setdefault("paths", {})
+    paths["/recommend/{user}"] = {"get": copy.deepcopy(recommendations.RECOMMEND_OPERATION)}
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(ratings.BODY_COMPONENTS)
     schemas.update(ERROR_SCHEMAS)
@@ -131,9 +135,10 @@ def _apply_limits(document: dict[str, Any], settings: Settings) -> None:
         _constrain(schemas, name, "n", n_range)
     _constrain(schemas, "AnonymousRecommendIn", "history", {"maxItems": settings.max_history_items})
     _constrain(schemas, "FoldInIn", "history", {"maxItems": settings.max_history_items})
-    _constrain(schemas, "ScoresIn", "history", {"maxItems": settings.max_history_items}, True)
+    _constrain(schemas, "ScoresIn", "history", {"maxItems": settings.max_history_items})
     _constrain(schemas, "ScoresIn", "items", {"maxItems": settings.max_score_items})
     _constrain(schemas, "BatchRecommendIn", "users", {"maxItems": settings.max_batch_users})
+    _constrain(schemas, "RetrainIn", "algorithm", {"enum": list(ALGORITHMS)}, nullable=True)
     for path in ("/recommend/{user}", "/items/{item}/similar"):
         for parameter in document["paths"][path]["get"].get("parameters", []):
             if parameter["name"] == "n":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.auth import AUTH_RESPONSES, authorize, require_scope
+from service.api.auth import AUTH_RESPONSES, SCHEME_NAME, authorize, require_scope
 from service.api.deps import checked_id
 from service.api.schemas import PATH_ID, QUERY_ID
 from service.api.serving_deps import (
@@ -59,7 +60,9 @@ def recommendation_payload(result: Recommendation) -> dict[str, Any]:
 
 
 RECOMMEND_PARAMETERS = [
-    query_doc("user", PATH_ID, "external user id", "path"),
+    query_doc(
+        "user", {**PATH_ID, "not": {"const": "batch"}}, "external user id (not `batch`)", "path"
+    ),
     query_doc(
         "n",
         {"type": "integer", "default": 10},
@@ -73,13 +76,6 @@ RECOMMEND_PARAMETERS = [
 ]
 
 
-@router.get(
-    "/recommend/{user}",
-    summary="Recommendations for a user",
-    response_model=RecommendationOut,
-    responses=NO_MODEL,
-    openapi_extra={"parameters": RECOMMEND_PARAMETERS},
-)
 async def recommend(request: Request) -> Response:
     """Top-n items for a user: from the stored embedding while the user is unchanged since the
     model's snapshot (source "model"), from their current history folded in (source "foldin"),
@@ -104,11 +100,35 @@ async def recommend(request: Request) -> Response:
     return json_reply(recommendation_payload(result))
 
 
-HOT_ROUTES = [plain_route("/recommend/{user}", recommend)]
+USER_PATH = re.compile("^/recommend/(?!batch$)(?P<user>[^/]+)$")
+"""`/recommend/{user}` without `/recommend/batch`, which is only POST (as OpenAPI matches a
+concrete path before a templated one): a GET there is 405, not the list of a user "batch"."""
+
+HOT_ROUTES = [plain_route("/recommend/{user}", recommend, USER_PATH)]
 """The hottest call, served by a plain Starlette route that the application puts in front of
 all others: it skips FastAPI's per-request machinery (dependency solving, exit stacks, response
 handling) and its matching of included routers (each is matched twice, once to
-select it and once inside it). The APIRoute above stays for the OpenAPI document."""
+select it and once inside it). `RECOMMEND_OPERATION` is its OpenAPI entry."""
+
+RECOMMEND_OPERATION: dict[str, Any] = {
+    "tags": ["recommendations"],
+    "summary": "Recommendations for a user",
+    "description": (recommend.__doc__ or "").split("\n\n")[0],
+    "operationId": "recommend_recommend__user__get",
+    "parameters": RECOMMEND_PARAMETERS,
+    "security": [{SCHEME_NAME: []}],
+    "responses": {
+        "200": {
+            "description": "Successful Response",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/RecommendationOut"}}
+            },
+        },
+        **{str(status): spec for status, spec in {**AUTH_RESPONSES, **NO_MODEL}.items()},
+    },
+}
+"""The OpenAPI operation of `GET /recommend/{user}` (the plain route is not FastAPI's to
+document); the scope it needs is checked by `authorize` in the handler."""
 
 
 @router.post(
