@@ -125,6 +125,7 @@ RECOMMEND_OPERATION: dict[str, Any] = {
             },
         },
         **{str(status): spec for status, spec in {**AUTH_RESPONSES, **NO_MODEL}.items()},
+        "405": {"description": "`/recommend/batch` is only POST (`method_not_allowed`)"},
     },
 }
 """The OpenAPI operation of `GET /recommend/{user}` (the plain route is not FastAPI's to

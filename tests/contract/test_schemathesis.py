@@ -7,6 +7,7 @@ ids of its own choosing, so the key is created after decoys (a high id) and chec
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def _seed_and_train(client: httpx.Client, database_url: str, env: dict[str, str]
     subprocess.run(
         [sys.executable, "-m", "service", "worker", "--once"],
         cwd=REPO_ROOT,
-        env={**_process_env(), **env, "MFSERVE_DATABASE_URL": database_url},
+        env={**os.environ, **env, "MFSERVE_DATABASE_URL": database_url},
         check=True,
         timeout=HANG_GUARD_S,
     )
@@ -70,12 +71,6 @@ def _seed_and_train(client: httpx.Client, database_url: str, env: dict[str, str]
     while client.get("/readyz").json().get("model_version") is None:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-
-
-def _process_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _admin_key(client: httpx.Client) -> str:
