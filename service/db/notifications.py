@@ -7,6 +7,7 @@ wakes that process's registry poll. Polling stays the fallback (and the only way
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -39,17 +40,34 @@ def libpq_dsn(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-class ChannelListener:
-    """A daemon thread that calls `on_notice(payload)` for every notice on one channel."""
+async def listen(database_url: str, channel: str, on_notice: Callable[[str], None]) -> None:
+    """Call `on_notice(payload)` on the event loop for every notice on `channel`, until
+    cancelled (reconnecting after a lost connection).
 
-    def __init__(
-        self, database_url: str, channel: str, on_notice: Callable[[str], None], name: str
-    ) -> None:
+    On the loop, not in a thread: a notice that arrives before a request is handled before it.
+    """
+    dsn = libpq_dsn(database_url)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=5
+            ) as connection:
+                await connection.execute(f"LISTEN {channel}")
+                async for notice in connection.notifies():
+                    on_notice(notice.payload)
+        except psycopg.Error as exc:
+            log.warning("listener of %s lost its connection (%s); reconnecting", channel, exc)
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+
+class ActivationListener:
+    """A daemon thread that calls `on_activation(version)` for every activation notice."""
+
+    def __init__(self, database_url: str, on_activation: Callable[[int], None]) -> None:
         self._dsn = libpq_dsn(database_url)
-        self._channel = channel
-        self._on_notice = on_notice
+        self._on_activation = on_activation
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="activation-listener", daemon=True)
 
     def start(self) -> None:
         """Start listening in the background."""
@@ -65,21 +83,13 @@ class ChannelListener:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as connection:
-                    connection.execute(f"LISTEN {self._channel}")
+                    connection.execute(f"LISTEN {ACTIVATION_CHANNEL}")
                     while not self._stopping.is_set():
                         for notice in connection.notifies(timeout=WAIT_SLICE_S):
-                            self._on_notice(notice.payload)
+                            self._deliver(notice.payload)
             except psycopg.Error as exc:
-                log.warning("%s lost its connection (%s); reconnecting", self._thread.name, exc)
+                log.warning("activation listener lost its connection (%s); reconnecting", exc)
                 self._stopping.wait(RECONNECT_DELAY_S)
-
-
-class ActivationListener(ChannelListener):
-    """A daemon thread that calls `on_activation(version)` for every activation notice."""
-
-    def __init__(self, database_url: str, on_activation: Callable[[int], None]) -> None:
-        super().__init__(database_url, ACTIVATION_CHANNEL, self._deliver, "activation-listener")
-        self._on_activation = on_activation
 
     def _deliver(self, payload: str) -> None:
         try:

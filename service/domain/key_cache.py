@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.db import keys as key_records
 from service.db.keys import KEYS_CHANNEL, Scope
-from service.db.notifications import ChannelListener
+from service.db.notifications import listen
 from service.db.session import transaction
 from service.domain.keys import hash_key
 from service.errors import ForbiddenError, UnauthorizedError
@@ -190,17 +190,17 @@ async def key_authenticator(
         )
     wake = asyncio.Event()
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_notice(payload: str) -> None:
         if payload:
             ring.drop(payload)  # before anything else: a revoked key is refused from now on
-        loop.call_soon_threadsafe(wake.set)
+        wake.set()
 
     listener = None
     if settings.database_url.startswith("postgresql"):
-        listener = ChannelListener(settings.database_url, KEYS_CHANNEL, on_notice, "key-listener")
-        listener.start()
+        listener = asyncio.create_task(
+            listen(settings.database_url, KEYS_CHANNEL, on_notice), name="api-key-listener"
+        )
     refresher = asyncio.create_task(
         _refresh(ring, sessions, write_sessions, settings.key_refresh_interval, wake, stopping),
         name="api-key-refresh",
@@ -209,7 +209,9 @@ async def key_authenticator(
         yield authenticator
     finally:
         if listener is not None:
-            await asyncio.to_thread(listener.stop)
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         stopping.set()
         wake.set()
         await refresher
