@@ -36,7 +36,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MFSERVE_HOST=0.0.0.0 \
     MFSERVE_PORT=8000 \
     MFSERVE_ARTIFACT_DIR=/data/artifacts \
-    MFSERVE_CACHE_DIR=/data/cache
+    MFSERVE_CACHE_DIR=/data/cache \
+    MFSERVE_AUTH=keys
 USER mfserve
 VOLUME ["/data"]
 EXPOSE 8000

@@ -29,9 +29,10 @@ dev: $(VENV)/.installed-dev
 migrate: install
 	$(PY) -m service migrate
 
-## make run: install, migrate, serve http://127.0.0.1:8000 on embedded SQLite (API + worker)
+## make run: install, migrate, serve http://127.0.0.1:8000 on embedded SQLite (API + worker);
+## open for local trials (MFSERVE_AUTH=off unless set: the log line and /readyz say so)
 run: migrate
-	$(PY) -m service api --with-worker
+	MFSERVE_AUTH=$${MFSERVE_AUTH:-off} $(PY) -m service api --with-worker
 
 api: migrate
 	$(PY) -m service api

@@ -1,4 +1,4 @@
-"""Command line: `mfserve api | worker | migrate | import | train` (also `python -m service`).
+"""Command line: `mfserve api | worker | migrate | import | train | keys` (`python -m service`).
 
 Each command imports its layer only when it runs, so `mfserve --help` and `mfserve migrate`
 do not load torch.
@@ -72,6 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument(
         "--skip-invalid", action="store_true", help="skip invalid rows instead of stopping"
     )
+
+    keys = commands.add_parser("keys", help="create, list or revoke API keys")
+    key_actions = keys.add_subparsers(dest="key_action", required=True)
+    create = key_actions.add_parser("create", help="create a key; prints its secret once")
+    create.add_argument("--name", required=True, help="what the key is for")
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="extend",
+        nargs="+",
+        required=True,
+        choices=["ingest", "read", "serve", "admin"],
+        help="scopes granted (admin implies all)",
+    )
+    key_actions.add_parser("list", help="list keys (never their secrets)")
+    revoke = key_actions.add_parser("revoke", help="revoke a key on every API process")
+    revoke.add_argument("key_id", type=int, metavar="ID", help="the key's id")
 
     train = commands.add_parser("train", help="train and evaluate a model offline")
     train.add_argument("--dataset", choices=["ml-100k"], default="ml-100k")
@@ -182,6 +199,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             batch_size=args.batch_size,
             skip_invalid=args.skip_invalid,
             progress=not args.no_progress,
+        )
+    if args.command == "keys":
+        from service.tools.keys import run_keys_command
+
+        return run_keys_command(
+            settings,
+            args.key_action,
+            name=getattr(args, "name", None),
+            scopes=getattr(args, "scopes", ()),
+            key_id=getattr(args, "key_id", None),
         )
     if args.command == "train":
         from service.tools.offline import run_train_command

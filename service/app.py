@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 
 import service
 from service.api import (
@@ -16,19 +17,24 @@ from service.api import (
     health,
     insights,
     items,
+    keys,
     ratings,
     recommendations,
     scores,
     similar,
     users,
 )
+from service.api.content_type import JsonBodiesOnly
 from service.api.limits import BodySizeLimit
+from service.api.openapi import install_contract
+from service.api.request_id import RequestId
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
 from service.db.migrations import check_schema
 from service.db.serving_reads import create_serving_engine, serving_readers
 from service.db.session import create_db_engine, make_sessionmaker
 from service.domain.group_commit import RatingWriter
+from service.domain.key_cache import key_authenticator
 from service.errors import install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics, metrics_endpoint
 from service.ml.device import configure_threads, resolve_device
@@ -54,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
             rating_writer = RatingWriter(write_sessions)
             try:
                 async with (
+                    key_authenticator(settings, sessions, write_sessions) as auth,
                     # loads the active model and builds its tables, polls for new ones
                     model_registry(settings, sessions, read_engine, device) as registry,
                     serving_readers(settings.database_url, read_engine) as (markers, profiles),
@@ -68,7 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
                             rating_writer=rating_writer,
                             registry=registry,
                             serving=runtime,
-                            readiness=[registry_readiness(registry)],
+                            auth=auth,
+                            readiness=[auth_readiness(settings), registry_readiness(registry)],
                         )
                     }
             finally:
@@ -84,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(JsonBodiesOnly)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Routes are matched in order: the probes and the hot serving calls come first.
     app.include_router(
@@ -99,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
             admin.router,
             insights.router,
             dashboard.router,
+            keys.router,
         )
     )
     app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
@@ -112,7 +122,16 @@ def create_app(settings: Settings) -> FastAPI:
             methods=["GET"],
             include_in_schema=False,
         )
-    _document_ratings_body(app)
+    app.add_middleware(RequestId)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    install_contract(app, settings)
     return app
 
 
@@ -128,21 +147,12 @@ def one_router(*routers: APIRouter) -> APIRouter:
     return merged
 
 
+def auth_readiness(settings: Settings) -> Callable[[], tuple[bool, dict[str, Any]]]:
+    """A `/readyz` part that says whether the data API needs keys (`off`: open to anyone)."""
+    fields = {"auth": settings.auth}
+    return lambda: (True, fields)
+
+
 def _served_version(request: Request) -> int | None:
     """The model version this process serves, for the metrics page."""
     return request.state.service.registry.version  # type: ignore[no-any-return]
-
-
-def _document_ratings_body(app: FastAPI) -> None:
-    """Add the schemas of `POST /ratings`'s body (parsed by hand) to the OpenAPI components."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = build()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(
-                ratings.BODY_COMPONENTS
-            )
-        return app.openapi_schema or build()
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MFSERVE_"
 
@@ -48,7 +48,18 @@ class Settings(BaseSettings):
     """Logging level of the API and worker processes."""
 
     admin_token: SecretStr | None = None
-    """Bearer token required by the admin API; unset turns the admin API off."""
+    """Bootstrap admin credential (`Authorization: Bearer <token>`): carries every scope."""
+
+    auth: Literal["keys", "off"] = "keys"
+    """`keys`: every data and serving call needs an API key with its scope (`mfserve keys
+    create`); `off`: only the admin API needs a credential (local trials; `make run` sets it)."""
+
+    key_refresh_interval: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between an API process's re-reads of the API keys (PostgreSQL also announces
+    a revocation at once); created keys reach other processes within this long on SQLite."""
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins allowed to call the API from a browser, comma-separated (`*`: any); empty: none."""
 
     artifact_dir: Path = Path("./var/artifacts")
     """Directory where trained model artifacts are written and read."""
@@ -142,6 +153,13 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must be an sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
     @field_validator("rating_min", "rating_max")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import psycopg
@@ -15,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,20 @@ class MalformedJSONError(BadRequestError):
     error = "malformed_json"
 
 
+class UnauthorizedError(ServiceError):
+    """No credential was sent (or not as `Authorization: Bearer <key>`)."""
+
+    status_code = 401
+    error = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    """The credential is unknown or revoked, or lacks the scope the call needs."""
+
+    status_code = 403
+    error = "forbidden"
+
+
 class NotFoundError(ServiceError):
     """An unknown user, item or rating."""
 
@@ -63,6 +80,13 @@ class PayloadTooLargeError(ServiceError):
 
     status_code = 413
     error = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """A body that is not `application/json` where JSON is expected."""
+
+    status_code = 415
+    error = "unsupported_media_type"
 
 
 class InvalidInputError(ServiceError):
@@ -86,8 +110,11 @@ def error_response(status_code: int, error: str, detail: Any, **extra: Any) -> J
 
 _HTTP_ERROR_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    415: "unsupported_media_type",
     413: "payload_too_large",
 }
 
@@ -97,13 +124,36 @@ async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.error, exc.detail, **exc.extra)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_ERROR_CODES.get(exc.status_code, "http_error")
     response = error_response(exc.status_code, code, exc.detail)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route of the path only
+        response.headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
     return response
+
+
+def allowed_methods(request: Request) -> set[str]:
+    """Every method some route of the application serves at the request's path."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        match, _child = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return methods
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    # FastAPI wraps an included router (without a prefix here) around its own routes
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -132,9 +182,21 @@ async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", exc_info=exc)
-    return error_response(500, ServiceError.error, "internal server error")
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # the reply carries the id the log line names (`X-Request-ID`, set by the API's middleware)
+    request_id = str((request.scope.get("state") or {}).get("request_id") or uuid.uuid4().hex)
+    logger.error(
+        "unhandled error in %s %s (request id %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    response = error_response(
+        500, ServiceError.error, "internal server error", request_id=request_id
+    )
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

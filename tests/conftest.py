@@ -132,8 +132,12 @@ def empty_database_url(database_factory: DatabaseFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    """Settings pointing at the test's database (artifacts under the test's tmp_path)."""
+    """Settings pointing at the test's database (artifacts under the test's tmp_path).
+
+    The data API is open (`auth="off"`) here: the tests of keys and scopes ask for `keys`.
+    """
     return load_settings(
+        auth="off",
         database_url=database_url,
         artifact_dir=tmp_path / "artifacts",
         cache_dir=REPO_ROOT / ".cache",

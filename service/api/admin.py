@@ -1,16 +1,15 @@
 """Admin API: retrain, watch and cancel jobs, list versions, activate one (rollback).
 
-Every route needs `Authorization: Bearer <MFSERVE_ADMIN_TOKEN>`, compared in constant time:
-no header (or not a Bearer one) answers 401, a wrong token 403. Without a configured token the
-admin API is off and every route answers 404.
+Every route needs the `admin` scope: `Authorization: Bearer <key>` with an admin key or
+MFSERVE_ADMIN_TOKEN, whatever MFSERVE_AUTH says. No header (or not a Bearer one) answers 401,
+an unknown key 403.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, status
 
 from service.api.admin_schemas import (
     JobAccepted,
@@ -20,45 +19,21 @@ from service.api.admin_schemas import (
     VersionOut,
     VersionPage,
 )
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import SessionDep, SettingsDep, StateDep, WriteSessionDep
 from service.api.pagination import CursorQuery, LimitQuery, decode_cursor, encode_cursor
 from service.db import jobs, versions
 from service.db.jobs import JobStatus
+from service.db.keys import Scope
+from service.db.tables import MAX_ROW_ID
 from service.domain import training
-from service.errors import NotFoundError, ServiceError
 
+router = APIRouter(
+    tags=["admin"], dependencies=[require_scope(Scope.ADMIN)], responses=AUTH_RESPONSES
+)
 
-class UnauthorizedError(ServiceError):
-    """The admin token is missing."""
-
-    status_code = 401
-    error = "unauthorized"
-
-
-class ForbiddenError(ServiceError):
-    """The admin token is wrong."""
-
-    status_code = 403
-    error = "forbidden"
-
-
-def require_admin(request: Request, settings: SettingsDep) -> None:
-    """Check the Bearer token against `MFSERVE_ADMIN_TOKEN` in constant time."""
-    expected = settings.admin_token
-    if expected is None:
-        raise NotFoundError("the admin API is off: set MFSERVE_ADMIN_TOKEN to enable it")
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError("an admin token is required: Authorization: Bearer <token>")
-    if not hmac.compare_digest(token.strip().encode(), expected.get_secret_value().encode()):
-        raise ForbiddenError("the admin token is wrong")
-
-
-router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
-
-JobId = Annotated[int, Path(ge=1, description="training job id")]
-VersionNumber = Annotated[int, Path(ge=1, description="model version number")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="training job id")]
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="model version number")]
 StatusQuery = Annotated[JobStatus | None, Query(description="only this status")]
 
 
@@ -102,7 +77,11 @@ def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     return JobOut.of(training.get_job(session, job_id))
 
 
-@router.post("/admin/jobs/{job_id}/cancel", summary="Cancel a training job")
+@router.post(
+    "/admin/jobs/{job_id}/cancel",
+    summary="Cancel a training job",
+    responses={409: {"description": "the job has ended"}},
+)
 def cancel_job(job_id: JobId, session: WriteSessionDep) -> JobOut:
     """Cancel a queued job at once; a running one stops after its current epoch (409 if ended)."""
     return JobOut.of(training.cancel_job(session, job_id))
@@ -123,7 +102,11 @@ def list_models(
     )
 
 
-@router.get("/models/active", summary="The active model version")
+@router.get(
+    "/models/active",
+    summary="The active model version",
+    responses={404: {"description": "no model version is active yet"}},
+)
 def active_model(session: SessionDep, state: StateDep) -> VersionOut:
     """The version API processes serve (404 before any model was trained)."""
     return VersionOut.of(training.get_active_version(session), _served(state))
@@ -135,7 +118,11 @@ def get_model(version: VersionNumber, session: SessionDep, state: StateDep) -> V
     return VersionOut.of(training.get_version(session, version), _served(state))
 
 
-@router.post("/admin/models/{version}/activate", summary="Activate a model version")
+@router.post(
+    "/admin/models/{version}/activate",
+    summary="Activate a model version",
+    responses={409: {"description": "retention removed the version's artifact"}},
+)
 def activate(version: VersionNumber, session: WriteSessionDep, state: StateDep) -> VersionOut:
     """Make a version active (rollback or roll forward); every API process swaps to it within
     `MFSERVE_REGISTRY_POLL_INTERVAL` seconds."""

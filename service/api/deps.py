@@ -9,6 +9,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
+from service.api.schemas import PATH_ID
 from service.api.state import ServiceState
 from service.config import Settings
 from service.db.session import transaction
@@ -72,12 +73,16 @@ def checked_id(value: str, field: str) -> str:
     return value
 
 
-def user_path(user: Annotated[str, Path(description="external user id")]) -> str:
+def user_path(
+    user: Annotated[str, Path(description="external user id", json_schema_extra=PATH_ID)],
+) -> str:
     """The user id from the path, checked like ids in a rating."""
     return checked_id(user, "user")
 
 
-async def item_path(item: Annotated[str, Path(description="external item id")]) -> str:
+async def item_path(
+    item: Annotated[str, Path(description="external item id", json_schema_extra=PATH_ID)],
+) -> str:
     """The item id from the path, checked like ids in a rating.
 
     Async, so that FastAPI calls it on the event loop instead of through its thread pool.

@@ -5,11 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.serving_deps import RuntimeDep, json_reply, request_history
 from service.api.serving_schemas import FoldInIn, FoldInOut
+from service.db.keys import Scope
 from service.recommend import fold_in_history
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
+)
 
 
 @router.post(

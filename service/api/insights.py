@@ -1,15 +1,16 @@
 """Admin reads behind the dashboard: a job's training curve, ingest counts, lookups.
 
-Every route needs the admin token, like the rest of the admin API (`api/admin.py`).
+Every route needs the `admin` scope, like the rest of the admin API (`api/admin.py`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from service.api.admin import JobId, require_admin
+from service.api.admin import JobId
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import SessionDep, UserPath
 from service.api.insights_schemas import (
     CurveOut,
@@ -20,6 +21,7 @@ from service.api.insights_schemas import (
     TitlesOut,
 )
 from service.db import curves, lookups, stats
+from service.db.keys import Scope
 from service.domain import training
 from service.errors import NotFoundError
 
@@ -29,7 +31,9 @@ MAX_DAYS = 31
 MAX_TITLES = 1000
 """Most item ids one `GET /admin/item-titles` call takes."""
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    tags=["admin"], dependencies=[require_scope(Scope.ADMIN)], responses=AUTH_RESPONSES
+)
 
 DaysQuery = Annotated[int, Query(ge=1, le=MAX_DAYS, description=f"window in days, 1 to {MAX_DAYS}")]
 LatestQuery = Annotated[int, Query(ge=1, le=1000, description="how many ratings, 1 to 1000")]

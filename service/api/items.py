@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response, status
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import ItemPath, SessionDep, WriteSessionDep
 from service.api.pagination import (
     DEFAULT_LIMIT,
@@ -16,10 +17,11 @@ from service.api.pagination import (
 )
 from service.api.schemas import ItemIn, ItemOut, ItemsPage
 from service.db import queries
+from service.db.keys import Scope
 from service.db.tables import Item
 from service.errors import NotFoundError
 
-router = APIRouter(tags=["items"])
+router = APIRouter(tags=["items"], responses=AUTH_RESPONSES)
 
 
 def _item_out(item: Item) -> ItemOut:
@@ -35,6 +37,7 @@ def _item_out(item: Item) -> ItemOut:
 @router.put(
     "/items/{item}",
     summary="Create an item or replace its metadata",
+    dependencies=[require_scope(Scope.INGEST)],
     responses={201: {"model": ItemOut, "description": "item created"}},
 )
 def put_item(item: ItemPath, body: ItemIn, session: WriteSessionDep, response: Response) -> ItemOut:
@@ -52,7 +55,7 @@ def put_item(item: ItemPath, body: ItemIn, session: WriteSessionDep, response: R
     return _item_out(stored)
 
 
-@router.get("/items/{item}", summary="An item's metadata")
+@router.get("/items/{item}", summary="An item's metadata", dependencies=[require_scope(Scope.READ)])
 def get_item(item: ItemPath, session: SessionDep) -> ItemOut:
     """The item; 404 when no rating or PUT has created it."""
     stored = queries.get_item(session, item)
@@ -61,7 +64,7 @@ def get_item(item: ItemPath, session: SessionDep) -> ItemOut:
     return _item_out(stored)
 
 
-@router.get("/items", summary="All items, page by page")
+@router.get("/items", summary="All items, page by page", dependencies=[require_scope(Scope.READ)])
 def list_items(
     session: SessionDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> ItemsPage:

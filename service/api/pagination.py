@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Query
 
+from service.db.tables import MAX_ROW_ID
 from service.errors import InvalidInputError
 
 DEFAULT_LIMIT = 100
@@ -33,8 +34,10 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, value = text.partition(":")
-        if prefix == kind and value.isdecimal():
-            return int(value)
+        if prefix == kind and value.isascii() and value.isdecimal() and len(value) <= 10:
+            last_id = int(value)
+            if last_id <= MAX_ROW_ID:
+                return last_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise InvalidInputError([{"field": "cursor", "message": "not a cursor of this list"}])

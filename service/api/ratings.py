@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import TypeAdapter
 from starlette.routing import Route
 
+from service.api.auth import AUTH_RESPONSES, authorize, require_scope
 from service.api.deps import (
     ItemPath,
     SessionDep,
@@ -34,10 +35,11 @@ from service.api.schemas import (
 from service.api.serving_deps import PlainEndpoint
 from service.api.state import ServiceState
 from service.db import queries
+from service.db.keys import Scope
 from service.domain.ingest import InvalidRatingsError, PayloadShapeError, RatingRules, parse_payload
 from service.errors import InvalidInputError, NotFoundError
 
-router = APIRouter(tags=["ratings"])
+router = APIRouter(tags=["ratings"], responses=AUTH_RESPONSES)
 
 MAX_REPORTED_ERRORS = 100
 """Row errors listed in a 422 reply; `error_count` tells how many there were in all."""
@@ -53,6 +55,7 @@ BODY_COMPONENTS: dict[str, Any] = BODY_SCHEMA.pop("$defs", {})
     status_code=status.HTTP_201_CREATED,
     summary="Store one rating or a batch",
     response_model=IngestResult,
+    dependencies=[require_scope(Scope.INGEST)],
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}
     },
@@ -70,6 +73,7 @@ async def post_ratings(request: Request) -> Response:
     and checked by hand, on the event loop: FastAPI's body and dependency handling, and a
     thread-pool hop, would cost more than the request's share of the commit.
     """
+    authorize(request, Scope.INGEST)  # the plain route skips the dependency above
     state = cast(ServiceState, request.state.service)
     settings = state.settings
     payload = await read_json_body(request)
@@ -102,7 +106,11 @@ HOT_ROUTES = [
 others (see `recommendations.HOT_ROUTES`); the APIRoute above stays for the OpenAPI document."""
 
 
-@router.get("/users/{user}/ratings", summary="A user's ratings, page by page")
+@router.get(
+    "/users/{user}/ratings",
+    summary="A user's ratings, page by page",
+    dependencies=[require_scope(Scope.READ)],
+)
 def get_user_ratings(
     user: UserPath,
     session: SessionDep,
@@ -125,6 +133,7 @@ def get_user_ratings(
     "/users/{user}/ratings/{item}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete one rating",
+    dependencies=[require_scope(Scope.INGEST)],
 )
 def delete_rating(user: UserPath, item: ItemPath, session: WriteSessionDep) -> Response:
     """Forget the user's rating of the item; 404 when there is none."""
@@ -133,7 +142,12 @@ def delete_rating(user: UserPath, item: ItemPath, session: WriteSessionDep) -> R
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.delete("/users/{user}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a user")
+@router.delete(
+    "/users/{user}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a user",
+    dependencies=[require_scope(Scope.INGEST)],
+)
 def delete_user(user: UserPath, session: WriteSessionDep) -> Response:
     """Delete the user and every rating of theirs; 404 for an unknown user."""
     if queries.delete_user(session, user) is None:

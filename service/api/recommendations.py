@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.auth import AUTH_RESPONSES, SCHEME_NAME, authorize, require_scope
 from service.api.deps import checked_id
+from service.api.schemas import PATH_ID, QUERY_ID
 from service.api.serving_deps import (
     RuntimeDep,
     json_reply,
@@ -27,6 +30,7 @@ from service.api.serving_schemas import (
     BatchRecommendIn,
     RecommendationOut,
 )
+from service.db.keys import Scope
 from service.errors import InvalidInputError
 from service.recommend import (
     Recommendation,
@@ -36,7 +40,9 @@ from service.recommend import (
     rank_users,
 )
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
+)
 
 NO_MODEL: dict[int | str, dict[str, Any]] = {
     503: {"description": "no model has been trained yet (`no_model`)"}
@@ -54,7 +60,9 @@ def recommendation_payload(result: Recommendation) -> dict[str, Any]:
 
 
 RECOMMEND_PARAMETERS = [
-    query_doc("user", {"type": "string"}, "external user id", "path"),
+    query_doc(
+        "user", {**PATH_ID, "not": {"const": "batch"}}, "external user id (not `batch`)", "path"
+    ),
     query_doc(
         "n",
         {"type": "integer", "default": 10},
@@ -63,20 +71,11 @@ RECOMMEND_PARAMETERS = [
     query_doc(
         "exclude_rated", {"type": "boolean", "default": True}, "leave out the user's rated items"
     ),
-    query_doc("exclude", {"type": "array", "items": {"type": "string"}}, "items to leave out"),
-    query_doc(
-        "tag", {"type": "array", "items": {"type": "string"}}, "only items carrying every tag"
-    ),
+    query_doc("exclude", {"type": "array", "items": QUERY_ID}, "items to leave out"),
+    query_doc("tag", {"type": "array", "items": QUERY_ID}, "only items carrying every tag"),
 ]
 
 
-@router.get(
-    "/recommend/{user}",
-    summary="Recommendations for a user",
-    response_model=RecommendationOut,
-    responses=NO_MODEL,
-    openapi_extra={"parameters": RECOMMEND_PARAMETERS},
-)
 async def recommend(request: Request) -> Response:
     """Top-n items for a user: from the stored embedding while the user is unchanged since the
     model's snapshot (source "model"), from their current history folded in (source "foldin"),
@@ -84,6 +83,7 @@ async def recommend(request: Request) -> Response:
 
     Parameters are parsed by hand: FastAPI's parameter machinery costs more than the scoring.
     """
+    authorize(request, Scope.SERVE)
     runtime = runtime_of(request)
     user = checked_id(request.path_params["user"], "user")
     args = query_args(request)
@@ -100,11 +100,36 @@ async def recommend(request: Request) -> Response:
     return json_reply(recommendation_payload(result))
 
 
-HOT_ROUTES = [plain_route("/recommend/{user}", recommend)]
+USER_PATH = re.compile("^/recommend/(?!batch$)(?P<user>[^/]+)$")
+"""`/recommend/{user}` without `/recommend/batch`, which is only POST (as OpenAPI matches a
+concrete path before a templated one): a GET there is 405, not the list of a user "batch"."""
+
+HOT_ROUTES = [plain_route("/recommend/{user}", recommend, USER_PATH)]
 """The hottest call, served by a plain Starlette route that the application puts in front of
 all others: it skips FastAPI's per-request machinery (dependency solving, exit stacks, response
 handling) and its matching of included routers (each is matched twice, once to
-select it and once inside it). The APIRoute above stays for the OpenAPI document."""
+select it and once inside it). `RECOMMEND_OPERATION` is its OpenAPI entry."""
+
+RECOMMEND_OPERATION: dict[str, Any] = {
+    "tags": ["recommendations"],
+    "summary": "Recommendations for a user",
+    "description": (recommend.__doc__ or "").split("\n\n")[0],
+    "operationId": "recommend_recommend__user__get",
+    "parameters": RECOMMEND_PARAMETERS,
+    "security": [{SCHEME_NAME: []}],
+    "responses": {
+        "200": {
+            "description": "Successful Response",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/RecommendationOut"}}
+            },
+        },
+        **{str(status): spec for status, spec in {**AUTH_RESPONSES, **NO_MODEL}.items()},
+        "405": {"description": "`/recommend/batch` is only POST (`method_not_allowed`)"},
+    },
+}
+"""The OpenAPI operation of `GET /recommend/{user}` (the plain route is not FastAPI's to
+document); the scope it needs is checked by `authorize` in the handler."""
 
 
 @router.post(

@@ -5,12 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.serving_deps import RuntimeDep, json_reply, request_history, too_many
 from service.api.serving_schemas import ScoresIn, ScoresOut
+from service.db.keys import Scope
 from service.errors import InvalidInputError
 from service.recommend import score_items
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
+)
 
 
 @router.post(
@@ -24,17 +28,19 @@ async def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
     and are listed in `unknown_items`. A user is scored like `GET /recommend/{user}` would."""
     settings = runtime.settings
     problems: list[dict[str, str] | None] = []
-    if (body.user is None) == (body.history is None):
+    user = body.user if "user" in body.model_fields_set else None
+    given = body.history if "history" in body.model_fields_set else None
+    if (user is None) == (given is None):
         problems.append({"field": "body.user", "message": "give exactly one of user or history"})
     problems.append(
         too_many(
             len(body.items), settings.max_score_items, "body.items", "items", "MAX_SCORE_ITEMS"
         )
     )
-    if body.history is not None:
+    if given is not None:
         problems.append(
             too_many(
-                len(body.history),
+                len(given),
                 settings.max_history_items,
                 "body.history",
                 "entries",
@@ -44,8 +50,8 @@ async def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
     found = [problem for problem in problems if problem is not None]
     if found:
         raise InvalidInputError(found)
-    history = None if body.history is None else request_history(body.history, settings)
-    result = await score_items(runtime.current(), body.items, user=body.user, history=history)
+    history = None if given is None else request_history(given, settings)
+    result = await score_items(runtime.current(), body.items, user=user, history=history)
     runtime.count_sources("scores", [result.source])
     return json_reply(
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, cast
 from urllib.parse import unquote_plus
@@ -161,6 +162,14 @@ class PlainEndpoint:
         await self._app(scope, receive, send)
 
 
-def plain_route(path: str, handler: Callable[[Request], Awaitable[Response]]) -> Route:
-    """A GET route served by `PlainEndpoint` (left out of the OpenAPI document)."""
-    return Route(path, PlainEndpoint(path, handler), methods=["GET"], include_in_schema=False)
+def plain_route(
+    path: str,
+    handler: Callable[[Request], Awaitable[Response]],
+    path_regex: re.Pattern[str] | None = None,
+) -> Route:
+    """A GET route served by `PlainEndpoint` (left out of the OpenAPI document); `path_regex`
+    narrows what the path template matches."""
+    route = Route(path, PlainEndpoint(path, handler), methods=["GET"], include_in_schema=False)
+    if path_regex is not None:
+        route.path_regex = path_regex
+    return route

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat
 
-from service.db.tables import EXTERNAL_ID_LENGTH
+from service.api.schemas import ExternalId
 
-ExternalId = Annotated[str, Field(min_length=1, max_length=EXTERNAL_ID_LENGTH)]
 Source = Literal["model", "foldin", "features", "popular"]
+
+
+def _json_integer(value: object) -> object:
+    """Only JSON numbers (1 and 1.0 alike, as JSON Schema's integer), never strings or booleans."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class HistoryEntry(BaseModel):
@@ -18,14 +27,14 @@ class HistoryEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item: ExternalId
-    rating: float | None = Field(default=None, allow_inf_nan=False, examples=[4.5])
+    rating: StrictFloat | None = Field(default=None, allow_inf_nan=False, examples=[4.5])
 
 
 class _Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(default=10, description="list length, 1 to MFSERVE_MAX_RECOMMENDATIONS")
-    exclude_rated: bool = Field(
+    n: JsonInt = Field(default=10, description="list length, 1 to MFSERVE_MAX_RECOMMENDATIONS")
+    exclude_rated: StrictBool = Field(
         default=True, description="leave out the items the user rated (or the history's items)"
     )
     exclude: list[ExternalId] = Field(default_factory=list, description="items to leave out")
@@ -49,10 +58,14 @@ class BatchRecommendIn(_Filters):
 class ScoresIn(BaseModel):
     """Items to score for a user (by id) or for a history: exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["user"]}, {"required": ["history"]}]},
+    )
 
-    user: ExternalId | None = None
-    history: list[HistoryEntry] | None = None
+    # absent or a value, never null: the default is not validated, an explicit null is refused
+    user: ExternalId = Field(default=None)  # type: ignore[assignment]
+    history: list[HistoryEntry] = Field(default=None)  # type: ignore[arg-type]
     items: list[ExternalId] = Field(min_length=1, description="up to MFSERVE_MAX_SCORE_ITEMS")
 
 

@@ -7,12 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import ItemPath
 from service.api.serving_deps import RuntimeDep, json_reply
 from service.api.serving_schemas import SimilarOut
+from service.db.keys import Scope
 from service.recommend import check_n, similar_items
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
+)
 
 
 @router.get(

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.domain.group_commit import RatingWriter
+from service.domain.key_cache import Authenticator
 from service.recommend import Serving
 from service.registry import ModelRegistry
 
@@ -34,6 +35,8 @@ class ServiceState:
     """The model version this process serves, with its serving tables (`service.registry`)."""
     serving: Serving
     """The serving calls' batcher and profile reads (`service.recommend`)."""
+    auth: Authenticator
+    """Who may call what: the API keys in memory (`service.domain.key_cache`)."""
     readiness: list[ReadinessCheck] = field(default_factory=list)
     """Extra `/readyz` checks (such as the served model version)."""
 

@@ -10,7 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import SessionDep, UserPath, WriteSessionDep
+from service.db.keys import Scope
 from service.db.tables import EXTERNAL_ID_LENGTH
 from service.db.user_attributes import (
     StoredAttributes,
@@ -25,7 +27,7 @@ MAX_ATTRIBUTES = 100
 MAX_STRING_LENGTH = 1000
 """Longest string value of an attribute, in characters."""
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], responses=AUTH_RESPONSES)
 
 
 def _kind(value: object) -> str:
@@ -91,6 +93,7 @@ def _user_out(stored: StoredAttributes) -> UserOut:
     "/users/{user}",
     summary="Create a user or replace their attributes",
     responses={201: {"model": UserOut, "description": "user created"}},
+    dependencies=[require_scope(Scope.INGEST)],
 )
 def put_user(user: UserPath, body: UserIn, session: WriteSessionDep, response: Response) -> UserOut:
     """Set the user's attributes (absent ones are cleared); 201 when the user is new."""
@@ -100,7 +103,9 @@ def put_user(user: UserPath, body: UserIn, session: WriteSessionDep, response: R
     return _user_out(stored)
 
 
-@router.get("/users/{user}", summary="A user's attributes")
+@router.get(
+    "/users/{user}", summary="A user's attributes", dependencies=[require_scope(Scope.READ)]
+)
 def get_user(user: UserPath, session: SessionDep) -> UserOut:
     """The user's attributes (empty when never set); 404 for an unknown user."""
     stored = get_user_attributes(session, user)

@@ -7,6 +7,7 @@ wakes that process's registry poll. Polling stays the fallback (and the only way
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -37,6 +38,26 @@ def libpq_dsn(database_url: str) -> str:
     """The libpq connection string of a SQLAlchemy PostgreSQL URL."""
     url = make_url(database_url).set(drivername="postgresql")
     return url.render_as_string(hide_password=False)
+
+
+async def listen(database_url: str, channel: str, on_notice: Callable[[str], None]) -> None:
+    """Call `on_notice(payload)` on the event loop for every notice on `channel`, until
+    cancelled (reconnecting after a lost connection).
+
+    On the loop, not in a thread: a notice that arrives before a request is handled before it.
+    """
+    dsn = libpq_dsn(database_url)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=5
+            ) as connection:
+                await connection.execute(f"LISTEN {channel}")
+                async for notice in connection.notifies():
+                    on_notice(notice.payload)
+        except psycopg.Error as exc:
+            log.warning("listener of %s lost its connection (%s); reconnecting", channel, exc)
+            await asyncio.sleep(RECONNECT_DELAY_S)
 
 
 class ActivationListener:

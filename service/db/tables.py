@@ -28,6 +28,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 EXTERNAL_ID_LENGTH = 128
 """Longest external user or item id, in characters."""
 
+MAX_ROW_ID = 2**31 - 1
+"""Largest value of an `Integer` id column (PostgreSQL's INTEGER): job ids, versions, keys."""
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -17,6 +17,9 @@ from service.db.versions import ModelVersion
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml.catalog import MODEL_NAMES, CatalogError, ModelConfigError, create_model
 
+ALGORITHMS = MODEL_NAMES
+"""Every algorithm a retrain may name."""
+
 
 def default_model_problem(settings: Settings) -> str | None:
     """What is wrong with `MFSERVE_DEFAULT_ALGORITHM`/`_CONFIG`, naming the variable; None if

@@ -339,6 +339,9 @@ def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProc
         calls.model(1),
         calls.active_model(),
         calls.activate(1),
+        calls.create_key("k", ["read"]),
+        calls.api_keys(),
+        calls.revoke_key(1),
     ]
 
     def covered(method: str, template: str) -> bool:
@@ -347,7 +350,7 @@ def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProc
 
     missing = sorted(op for op in operations if not covered(*op))
     assert not missing, f"operations without a client call: {missing}"
-    assert len(operations) == 25
+    assert len(operations) == 27
 
 
 async def _async_data_calls(base_url: str) -> None:
@@ -399,3 +402,22 @@ async def _async_data_calls(base_url: str) -> None:
 
 def test_async_client_data_and_admin_calls(data_server: ApiProcess) -> None:
     asyncio.run(_async_data_calls(data_server.base_url))
+
+
+def test_keys_are_created_listed_and_revoked(data_server: ApiProcess) -> None:
+    with Client(data_server.base_url, api_key=TOKEN) as admin:
+        created = admin.create_key("client-test", ["read", "serve"])
+        assert created.key.startswith("mfs_")
+        assert created.scopes == ["read", "serve"]
+        listed = {key.id: key for key in admin.api_keys()}
+        assert listed[created.id].revoked_at is None
+        assert created.key not in str(listed[created.id])
+        with (
+            Client(data_server.base_url, api_key=created.key) as scoped,
+            pytest.raises(PermissionDeniedError),
+        ):
+            scoped.api_keys()  # no admin scope
+        admin.revoke_key(created.id)
+        assert {key.id: key for key in admin.api_keys()}[created.id].revoked_at is not None
+        with pytest.raises(NotFoundError):
+            admin.revoke_key(999_999)

@@ -116,6 +116,7 @@ def api_on_port(port: int, database_url: str, env: dict[str, str]) -> Iterator[N
         **os.environ,
         "MFSERVE_DATABASE_URL": database_url,
         "MFSERVE_LOG_LEVEL": "warning",
+        "MFSERVE_AUTH": "off",  # the data calls here carry no key (see tests/support/server.py)
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         **env,
     }

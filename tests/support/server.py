@@ -42,7 +42,8 @@ def run_api_process(
 ) -> Iterator[ApiProcess]:
     """Run the API against `database_url` (already migrated) until the block ends.
 
-    `env` adds or overrides `MFSERVE_*` variables. The server is stopped with SIGTERM (then
+    `env` adds or overrides `MFSERVE_*` variables; the data API is open (`MFSERVE_AUTH=off`)
+    unless `env` says otherwise. The server is stopped with SIGTERM (then
     SIGKILL) afterwards; its output is kept in a temporary log file while it runs.
     """
     port = free_port()
@@ -50,6 +51,7 @@ def run_api_process(
         **os.environ,
         "MFSERVE_DATABASE_URL": database_url,
         "MFSERVE_LOG_LEVEL": "warning",
+        "MFSERVE_AUTH": "off",
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }

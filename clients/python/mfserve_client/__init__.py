@@ -24,7 +24,9 @@ from mfserve_client.errors import (
 )
 from mfserve_client.inputs import HistoryEntry, Rating
 from mfserve_client.models import (
+    ApiKey,
     BatchRecommendation,
+    CreatedKey,
     FoldIn,
     Health,
     IngestResult,
@@ -53,6 +55,7 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "ApiKey",
     "AsyncClient",
     "AsyncPager",
     "AuthenticationError",
@@ -60,6 +63,7 @@ __all__ = [
     "BatchRecommendation",
     "Client",
     "ConflictError",
+    "CreatedKey",
     "ErrorDetail",
     "FoldIn",
     "Health",

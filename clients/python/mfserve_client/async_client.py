@@ -14,7 +14,9 @@ from mfserve_client.errors import InvalidInputError, MfserveError
 from mfserve_client.inputs import HistoryInput, RatingInput, Timestamp, chunks, rating_row
 from mfserve_client.inputs import rating_rows as to_rows
 from mfserve_client.models import (
+    ApiKey,
     BatchRecommendation,
+    CreatedKey,
     FoldIn,
     Health,
     IngestResult,
@@ -299,3 +301,15 @@ class AsyncClient:
     async def activate(self, version: int) -> ModelVersion:
         """Make a version active (rollback or roll forward); API processes swap to it."""
         return await self._send(calls.activate(version))
+
+    async def create_key(self, name: str, scopes: Iterable[str]) -> CreatedKey:
+        """Create an API key with `scopes` (ingest, read, serve, admin); its secret is `.key`."""
+        return await self._send(calls.create_key(name, scopes))
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every API key, revoked ones included, without secrets."""
+        return await self._send(calls.api_keys())
+
+    async def revoke_key(self, key_id: int) -> None:
+        """Revoke an API key; every API process refuses it from now on."""
+        await self._send(calls.revoke_key(key_id))

@@ -13,7 +13,9 @@ from pydantic import BaseModel
 
 from mfserve_client.inputs import HistoryInput, history_rows
 from mfserve_client.models import (
+    ApiKey,
     BatchRecommendation,
+    CreatedKey,
     FoldIn,
     Health,
     IngestResult,
@@ -21,6 +23,7 @@ from mfserve_client.models import (
     Job,
     JobAccepted,
     JobStatus,
+    KeyList,
     ModelVersion,
     Page,
     Readiness,
@@ -281,3 +284,21 @@ def active_model() -> Call[ModelVersion]:
 def activate(version: int) -> Call[ModelVersion]:
     """`POST /admin/models/{version}/activate` (never retried: it changes what is served)."""
     return Call("POST", f"/admin/models/{int(version)}/activate", _model(ModelVersion))
+
+
+def create_key(name: str, scopes: Iterable[str]) -> Call[CreatedKey]:
+    """`POST /admin/keys` (never retried: a second try would make a second key)."""
+    body = {"name": name, "scopes": list(scopes)}
+    return Call("POST", "/admin/keys", _model(CreatedKey), body=body)
+
+
+def api_keys() -> Call[list[ApiKey]]:
+    """`GET /admin/keys`: every key, without secrets."""
+    return Call(
+        "GET", "/admin/keys", lambda r: KeyList.model_validate(r.json()).items, idempotent=True
+    )
+
+
+def revoke_key(key_id: int) -> Call[None]:
+    """`DELETE /admin/keys/{key_id}` (idempotent: revoking twice changes nothing)."""
+    return Call("DELETE", f"/admin/keys/{int(key_id)}", _nothing, idempotent=True)

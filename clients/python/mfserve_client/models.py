@@ -248,3 +248,34 @@ class ModelVersion(Reply):
     sha256: str
     size_bytes: int
     snapshot: Snapshot
+
+
+# API keys
+
+
+class ApiKey(Reply):
+    """An API key without its secret."""
+
+    id: int
+    name: str
+    prefix: str = Field(description="the secret's first characters")
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class CreatedKey(Reply):
+    """A new API key: `key` is its secret, shown in this reply only."""
+
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    key: str
+
+
+class KeyList(Reply):
+    """Every API key, revoked ones included, oldest first."""
+
+    items: list[ApiKey]

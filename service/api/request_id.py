@@ -1,0 +1,42 @@
+"""ASGI middleware that gives every request an id (`X-Request-ID`, the client's if it sent a
+usable one) and returns it in the reply, so that a logged error can be found from its reply."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = b"x-request-id"
+_USABLE = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+"""A client's id is kept when it is 1 to 128 printable characters of this set."""
+
+
+class RequestId:
+    """Put the request's id in `request.state.request_id` and in the reply's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request with its id attached."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _client_id(scope) or uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (HEADER, request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _client_id(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == HEADER:
+            return value if _USABLE.fullmatch(value) else None
+    return None
