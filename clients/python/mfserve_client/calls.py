@@ -17,10 +17,14 @@ from mfserve_client.models import (
     FoldIn,
     Health,
     IngestResult,
+    IngestStats,
     Item,
+    ItemTitles,
     Job,
     JobAccepted,
+    JobCurve,
     JobStatus,
+    LatestRatings,
     ModelVersion,
     Page,
     Readiness,
@@ -281,3 +285,25 @@ def active_model() -> Call[ModelVersion]:
 def activate(version: int) -> Call[ModelVersion]:
     """`POST /admin/models/{version}/activate` (never retried: it changes what is served)."""
     return Call("POST", f"/admin/models/{int(version)}/activate", _model(ModelVersion))
+
+
+def job_curve(job_id: int) -> Call[JobCurve]:
+    """`GET /admin/jobs/{job_id}/curve`."""
+    return Call("GET", f"/admin/jobs/{int(job_id)}/curve", _model(JobCurve), idempotent=True)
+
+
+def ingest_stats(days: int) -> Call[IngestStats]:
+    """`GET /admin/stats`."""
+    return Call("GET", "/admin/stats", _model(IngestStats), [("days", days)], idempotent=True)
+
+
+def latest_ratings(user: str, n: int) -> Call[LatestRatings]:
+    """`GET /admin/users/{user}/latest`."""
+    path = f"/users/{segment(user, 'user')}/latest"
+    return Call("GET", "/admin" + path, _model(LatestRatings), [("n", n)], idempotent=True)
+
+
+def item_titles(items: Sequence[str]) -> Call[ItemTitles]:
+    """`GET /admin/item-titles`."""
+    params: list[tuple[str, QueryValue]] = [("item", item) for item in items]
+    return Call("GET", "/admin/item-titles", _model(ItemTitles), params, idempotent=True)
