@@ -289,6 +289,28 @@ def test_retrain_jobs_and_cancel(api: Client) -> None:
         api.job(999_999)
 
 
+def test_the_dashboards_admin_reads(api: Client) -> None:
+    api.post_ratings([("dash-user", "dash-a", 4), ("dash-user", "dash-b", 2)])
+    api.put_item("dash-a", title="Alpha")
+    stats = api.ingest_stats(days=1)
+    assert len(stats.hours) == 24
+    assert sum(h.ratings for h in stats.hours) >= 2
+    assert stats.ratings >= 2
+    latest = api.latest_ratings("dash-user", n=5)
+    assert {(r.item, r.title) for r in latest.items} == {("dash-a", "Alpha"), ("dash-b", None)}
+    titles = api.item_titles(["dash-a", "dash-b", "dash-nowhere"])
+    assert titles.titles == {"dash-a": "Alpha", "dash-b": None}
+    assert titles.unknown_items == ["dash-nowhere"]
+    job = api.retrain("als-biased", {"epochs": 2})
+    curve = api.job_curve(job.job_id)  # no worker here: queued, nothing recorded yet
+    assert (curve.job_id, curve.status, curve.points) == (job.job_id, JobStatus.QUEUED, [])
+    api.cancel_job(job.job_id)
+    with pytest.raises(NotFoundError):
+        api.job_curve(999_999)
+    with pytest.raises(NotFoundError):
+        api.latest_ratings("dash-nobody")
+
+
 def test_bad_retrains_name_the_field(api: Client) -> None:
     with pytest.raises(InvalidInputError) as caught:
         api.retrain("no-such-algorithm")
@@ -342,6 +364,10 @@ def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProc
         calls.create_key("k", ["read"]),
         calls.api_keys(),
         calls.revoke_key(1),
+        calls.job_curve(1),
+        calls.ingest_stats(7),
+        calls.latest_ratings("u", 20),
+        calls.item_titles(["i"]),
     ]
 
     def covered(method: str, template: str) -> bool:
@@ -350,7 +376,7 @@ def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProc
 
     missing = sorted(op for op in operations if not covered(*op))
     assert not missing, f"operations without a client call: {missing}"
-    assert len(operations) == 27
+    assert len(operations) == 32
 
 
 async def _async_data_calls(base_url: str) -> None:
@@ -386,6 +412,11 @@ async def _async_data_calls(base_url: str) -> None:
         assert (await api.cancel_job(job_id)).status is JobStatus.CANCELLED
         with pytest.raises(ConflictError):
             await api.cancel_job(job_id)
+        assert (await api.job_curve(job_id)).points == []
+        assert (await api.ingest_stats(days=2)).ratings > 0
+        with pytest.raises(NotFoundError):  # deleted above
+            await api.latest_ratings("a1-user", n=3)
+        assert (await api.item_titles(["item000"])).titles == {"item000": None}
         assert await api.models().to_list() == []
         with pytest.raises(NotFoundError):
             await api.active_model()

@@ -20,10 +20,14 @@ from mfserve_client.models import (
     FoldIn,
     Health,
     IngestResult,
+    IngestStats,
     Item,
+    ItemTitles,
     Job,
     JobAccepted,
+    JobCurve,
     JobStatus,
+    LatestRatings,
     ModelVersion,
     Readiness,
     Recommendation,
@@ -252,6 +256,22 @@ class AsyncClient:
     async def job(self, job_id: int) -> Job:
         """One training job with its live progress, metrics or error."""
         return await self._send(calls.job(job_id))
+
+    async def job_curve(self, job_id: int) -> JobCurve:
+        """A job's training curve: loss per epoch and validation RMSE where measured."""
+        return await self._send(calls.job_curve(job_id))
+
+    async def ingest_stats(self, days: int = 7) -> IngestStats:
+        """Ratings stored per UTC hour over the last `days` days, and the totals."""
+        return await self._send(calls.ingest_stats(days))
+
+    async def latest_ratings(self, user: str, n: int = 20) -> LatestRatings:
+        """A user's `n` most recent ratings with item titles, newest first."""
+        return await self._send(calls.latest_ratings(user, n))
+
+    async def item_titles(self, items: Sequence[str]) -> ItemTitles:
+        """The titles of items, and which ids are unknown."""
+        return await self._send(calls.item_titles(items))
 
     async def cancel_job(self, job_id: int) -> Job:
         """Cancel a job: a queued one at once, a running one after its epoch (409 if ended)."""

@@ -19,11 +19,15 @@ from mfserve_client.models import (
     FoldIn,
     Health,
     IngestResult,
+    IngestStats,
     Item,
+    ItemTitles,
     Job,
     JobAccepted,
+    JobCurve,
     JobStatus,
     KeyList,
+    LatestRatings,
     ModelVersion,
     Page,
     Readiness,
@@ -302,3 +306,25 @@ def api_keys() -> Call[list[ApiKey]]:
 def revoke_key(key_id: int) -> Call[None]:
     """`DELETE /admin/keys/{key_id}` (idempotent: revoking twice changes nothing)."""
     return Call("DELETE", f"/admin/keys/{int(key_id)}", _nothing, idempotent=True)
+
+
+def job_curve(job_id: int) -> Call[JobCurve]:
+    """`GET /admin/jobs/{job_id}/curve`."""
+    return Call("GET", f"/admin/jobs/{int(job_id)}/curve", _model(JobCurve), idempotent=True)
+
+
+def ingest_stats(days: int) -> Call[IngestStats]:
+    """`GET /admin/stats`."""
+    return Call("GET", "/admin/stats", _model(IngestStats), [("days", days)], idempotent=True)
+
+
+def latest_ratings(user: str, n: int) -> Call[LatestRatings]:
+    """`GET /admin/users/{user}/latest`."""
+    path = f"/users/{segment(user, 'user')}/latest"
+    return Call("GET", "/admin" + path, _model(LatestRatings), [("n", n)], idempotent=True)
+
+
+def item_titles(items: Sequence[str]) -> Call[ItemTitles]:
+    """`GET /admin/item-titles`."""
+    params: list[tuple[str, QueryValue]] = [("item", item) for item in items]
+    return Call("GET", "/admin/item-titles", _model(ItemTitles), params, idempotent=True)

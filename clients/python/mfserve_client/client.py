@@ -20,10 +20,14 @@ from mfserve_client.models import (
     FoldIn,
     Health,
     IngestResult,
+    IngestStats,
     Item,
+    ItemTitles,
     Job,
     JobAccepted,
+    JobCurve,
     JobStatus,
+    LatestRatings,
     ModelVersion,
     Readiness,
     Recommendation,
@@ -250,6 +254,22 @@ class Client:
     def job(self, job_id: int) -> Job:
         """One training job with its live progress, metrics or error."""
         return self._send(calls.job(job_id))
+
+    def job_curve(self, job_id: int) -> JobCurve:
+        """A job's training curve: loss per epoch and validation RMSE where measured."""
+        return self._send(calls.job_curve(job_id))
+
+    def ingest_stats(self, days: int = 7) -> IngestStats:
+        """Ratings stored per UTC hour over the last `days` days, and the totals."""
+        return self._send(calls.ingest_stats(days))
+
+    def latest_ratings(self, user: str, n: int = 20) -> LatestRatings:
+        """A user's `n` most recent ratings with item titles, newest first."""
+        return self._send(calls.latest_ratings(user, n))
+
+    def item_titles(self, items: Sequence[str]) -> ItemTitles:
+        """The titles of items, and which ids are unknown."""
+        return self._send(calls.item_titles(items))
 
     def cancel_job(self, job_id: int) -> Job:
         """Cancel a job: a queued one at once, a running one after its epoch (409 if ended)."""

@@ -279,3 +279,64 @@ class KeyList(Reply):
     """Every API key, revoked ones included, oldest first."""
 
     items: list[ApiKey]
+
+
+class CurvePoint(Reply):
+    """One epoch of a job's training."""
+
+    phase: str
+    epoch: int
+    epochs: int
+    loss: float | None = None
+    validation_rmse: float | None = None
+    elapsed_s: float
+    recorded_at: datetime
+
+
+class JobCurve(Reply):
+    """A job's training curve, epoch by epoch, as recorded so far."""
+
+    job_id: int
+    status: JobStatus
+    algorithm: str
+    points: list[CurvePoint]
+
+
+class HourCount(Reply):
+    """Ratings stored in one UTC hour."""
+
+    hour: datetime
+    ratings: int
+
+
+class IngestStats(Reply):
+    """Ratings stored per hour over the last days, and users, items and ratings counts."""
+
+    since: datetime
+    hours: list[HourCount]
+    users: int
+    items: int
+    ratings: int
+
+
+class LatestRating(Reply):
+    """One of a user's latest ratings, with the item's title where it has one."""
+
+    item: str
+    title: str | None = None
+    rating: float | None = None
+    timestamp: datetime
+
+
+class LatestRatings(Reply):
+    """A user's most recent ratings, newest first."""
+
+    user: str
+    items: list[LatestRating]
+
+
+class ItemTitles(Reply):
+    """Titles of the items asked for, and the ids the catalog does not hold."""
+
+    titles: dict[str, str | None]
+    unknown_items: list[str]
