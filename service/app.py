@@ -12,14 +12,17 @@ from fastapi.middleware.cors import CORSMiddleware
 import service
 from service.api import (
     admin,
+    dashboard,
     foldin,
     health,
+    insights,
     items,
     keys,
     ratings,
     recommendations,
     scores,
     similar,
+    users,
 )
 from service.api.content_type import JsonBodiesOnly
 from service.api.limits import BodySizeLimit
@@ -54,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions = make_sessionmaker(engine)
             write_sessions = make_sessionmaker(engine, write=True)
             read_engine = create_serving_engine(settings.database_url)
+            rating_writer = RatingWriter(write_sessions)
             try:
                 async with (
                     key_authenticator(settings, sessions, write_sessions) as auth,
@@ -68,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
                             engine=engine,
                             sessions=sessions,
                             write_sessions=write_sessions,
-                            rating_writer=RatingWriter(write_sessions),
+                            rating_writer=rating_writer,
                             registry=registry,
                             serving=runtime,
                             auth=auth,
@@ -76,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
                         )
                     }
             finally:
+                rating_writer.close()  # writes what is queued
                 read_engine.dispose()
         finally:
             engine.dispose()
@@ -99,12 +104,16 @@ def create_app(settings: Settings) -> FastAPI:
             similar.router,
             ratings.router,
             items.router,
+            users.router,
             admin.router,
             keys.router,
+            insights.router,
+            dashboard.router,
         )
     )
+    app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
     # In front of everything, FastAPI's documentation routes included: matched first, once.
-    app.router.routes[:0] = recommendations.HOT_ROUTES
+    app.router.routes[:0] = recommendations.HOT_ROUTES + ratings.HOT_ROUTES
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(

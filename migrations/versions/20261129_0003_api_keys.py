@@ -1,7 +1,7 @@
 """API keys: hashed secrets with a name, scopes, creation, last-use and revocation times.
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0006
 Create Date: 2026-11-29 18:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from service.api.schemas import ExternalId
 
-Source = Literal["model", "foldin", "popular"]
+Source = Literal["model", "foldin", "features", "popular"]
 
 
 def _json_integer(value: object) -> object:
@@ -90,8 +90,9 @@ class RecommendationOut(BaseModel):
     user: str | None = Field(description="null for an anonymous history")
     model_version: int
     source: Source = Field(
-        description='"model" (stored embedding), "foldin" (current history folded in) or '
-        '"popular" (fallback: no usable history)'
+        description='"model" (stored embedding), "foldin" (current history folded in), '
+        '"features" (a user without ratings, from their attributes, by a feature-aware model) '
+        'or "popular" (fallback: no usable history)'
     )
     items: list[ScoredItem]
 

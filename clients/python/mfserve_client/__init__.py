@@ -44,6 +44,7 @@ from mfserve_client.models import (
     Scores,
     Similar,
     Snapshot,
+    UserAttributes,
     UserRating,
 )
 from mfserve_client.pagination import AsyncPager, Pager
@@ -96,5 +97,6 @@ __all__ = [
     "Similar",
     "Snapshot",
     "UnexpectedReplyError",
+    "UserAttributes",
     "UserRating",
 ]
