@@ -55,6 +55,11 @@ class ItemTable:
     transform: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
 
+    @property
+    def on_host(self) -> bool:
+        """Whether the table lives in host memory (numpy can read it without a copy)."""
+        return self.device.type == "cpu"
+
     @classmethod
     def build(cls, model: Recommender[Any], device: torch.device | None = None) -> ItemTable:
         """Copy a model's item side to `device` (the model's own by default)."""
@@ -91,12 +96,25 @@ class ItemTable:
         return int(self.factors.shape[1])
 
     def score_items(
-        self, embedding: torch.Tensor, bias: float, items: torch.Tensor
-    ) -> torch.Tensor:
-        """Scores (len(items),) of one user vector over given item indices."""
-        raw = self.factors[items] @ embedding.to(self.factors.dtype) if self.width else None
-        offsets = self.offsets[items] + bias
-        return self.transform(offsets if raw is None else raw + offsets)
+        self, embedding: torch.Tensor | None, bias: float, items: IndexArray
+    ) -> list[float]:
+        """Scores of one user vector (None: the zero vector, whose bias is ignored) over given
+        item indices (none negative)."""
+        if embedding is None:
+            bias = 0.0
+        if self.on_host:  # a few rows: numpy on the same memory costs a fraction of torch's calls
+            raw = self.offsets.numpy()[items] + np.float32(bias)
+            if embedding is not None and self.width:
+                factors = self.factors.numpy()[items]
+                raw += factors @ embedding.detach().to(torch.float32).numpy()
+            scores = torch.from_numpy(raw)
+        else:
+            index = torch.as_tensor(items, device=self.device)
+            with torch.inference_mode():
+                scores = self.offsets[index] + bias
+                if embedding is not None and self.width:
+                    scores += self.factors[index] @ embedding.to(self.factors.dtype)
+        return self.transform(scores).tolist()
 
     def raw_scores(
         self, embeddings: torch.Tensor | None, rows: int, out: torch.Tensor | None = None
