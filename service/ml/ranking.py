@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from service.ml.data import IndexArray
@@ -54,11 +55,15 @@ class ItemTable:
     """(k, m) the same, contiguous."""
     transform: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
+    host: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = field(
+        init=False, repr=False, compare=False
+    )
+    """`factors` and `offsets` as numpy arrays on the same memory (None off the host)."""
 
-    @property
-    def on_host(self) -> bool:
-        """Whether the table lives in host memory (numpy can read it without a copy)."""
-        return self.device.type == "cpu"
+    def __post_init__(self) -> None:
+        on_host = self.device.type == "cpu"
+        host = (self.factors.numpy(), self.offsets.numpy()) if on_host else None
+        object.__setattr__(self, "host", host)
 
     @classmethod
     def build(cls, model: Recommender[Any], device: torch.device | None = None) -> ItemTable:
@@ -102,11 +107,11 @@ class ItemTable:
         item indices (none negative)."""
         if embedding is None:
             bias = 0.0
-        if self.on_host:  # a few rows: numpy on the same memory costs a fraction of torch's calls
-            raw = self.offsets.numpy()[items] + np.float32(bias)
+        if self.host is not None:  # a few rows: numpy costs a fraction of torch's calls
+            factors, offsets = self.host
+            raw = offsets[items] + np.float32(bias)
             if embedding is not None and self.width:
-                factors = self.factors.numpy()[items]
-                raw += factors @ embedding.detach().to(torch.float32).numpy()
+                raw += factors[items] @ embedding.detach().numpy().astype(np.float32, copy=False)
             scores = torch.from_numpy(raw)
         else:
             index = torch.as_tensor(items, device=self.device)
