@@ -3,6 +3,7 @@ loader thread, swap one reference; poll and LISTEN wake-up; the item catalog, re
 swapped the same way."""
 
 from service.db.profiles import UserProfile
+from service.registry._features import FeatureState, feature_model
 from service.registry._lifespan import (
     NoModelError,
     fetch_active_version,
@@ -22,6 +23,7 @@ from service.registry._tables import (
 )
 
 __all__ = [
+    "FeatureState",
     "ItemIndex",
     "ModelRegistry",
     "ModelView",
@@ -34,6 +36,7 @@ __all__ = [
     "UserStates",
     "VersionRecord",
     "build_tables",
+    "feature_model",
     "fetch_active_version",
     "freeze_long_lived_objects",
     "model_registry",
