@@ -516,16 +516,36 @@ def run_wrk(spec: dict[str, Any], tmp: Path) -> Any:
         subprocess.run(
             [*base, "-d", f"{max(1, round(spec['warmup']))}s", url], check=True, capture_output=True
         )
+    cpu_before = server_cpu_seconds(spec.get("pid"))
     output = subprocess.run(
         [*base, "-d", f"{max(1, round(spec['duration']))}s", url],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+    cpu_after = server_cpu_seconds(spec.get("pid"))
     line = next(x for x in output.splitlines() if x.startswith("WRK-JSON "))
     figures = json.loads(line.removeprefix("WRK-JSON "))
     figures["rps"] = figures["requests"] / figures["seconds"]
+    figures["cpu_us"] = (
+        (cpu_after - cpu_before) / figures["requests"] * 1e6
+        if cpu_before is not None and cpu_after is not None and figures["requests"]
+        else float("nan")
+    )
     return figures
+
+
+def server_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds (user + system, every thread) the server process used so far (Linux; None
+    elsewhere): per request, a cost that other load on shared cores disturbs far less than
+    requests/s."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_scenario(
@@ -536,11 +556,14 @@ def run_scenario(
     driver: str,
     args: argparse.Namespace,
     tmp: Path,
+    pid: int | None = None,
 ) -> Any:
-    """Run one scenario with one driver and return its figures."""
+    """Run one scenario with one driver and return its figures (with `wrk`, also the server
+    process's CPU per request, given its `pid`)."""
     wait_idle(base_url)
     host, port = base_url.removeprefix("http://").split(":")
     spec = {
+        "pid": pid,
         "scenario": scenario,
         "host": host,
         "port": int(port),
@@ -568,7 +591,7 @@ def report(
     print(f"\n{backend}, {clients} connection{'s' if clients > 1 else ''}, {driver}{paired}:")
     print(
         f"  {'endpoint':<34}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-        f"{'errors':>8}{'rps/healthz':>13}{'p99/healthz':>13}"
+        f"{'errors':>8}{'rps/healthz':>13}{'p99/healthz':>13}{'cpu us/req':>12}"
         + (f"{'healthz rps':>13}{'healthz p99':>13}" if bases else "")
     )
     for key, row in figures.items():
@@ -577,6 +600,7 @@ def report(
             f"  {label(*key):<34}{row['rps']:>9.0f}{row['p50']:>9.2f}"
             f"{row['p95']:>9.2f}{row['p99']:>9.2f}{row['errors']:>8}"
             f"{ratio(row['rps'], base['rps']):>13.2f}{ratio(row['p99'], base['p99']):>13.2f}"
+            f"{row.get('cpu_us', float('nan')):>12.0f}"
         )
         if bases:
             line += f"{base['rps']:>13.0f}{base['p99']:>13.2f}"
@@ -663,12 +687,13 @@ def bench_database(backend: str, url: str, tmp: Path, args: argparse.Namespace) 
                     )
                     for group in targets:
                         key = (scenario, None if group is None else group.ratings)
+                        pid = server.process.pid
                         if args.paired and scenario != "healthz":
                             bases[key] = run_scenario(
-                                server.base_url, "healthz", None, clients, driver, args, tmp
+                                server.base_url, "healthz", None, clients, driver, args, tmp, pid
                             )
                         figures[key] = run_scenario(
-                            server.base_url, scenario, group, clients, driver, args, tmp
+                            server.base_url, scenario, group, clients, driver, args, tmp, pid
                         )
                 report(backend, clients, driver, figures, bases)
 

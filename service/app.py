@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
     # In front of everything, FastAPI's documentation routes included: matched first, once.
-    app.router.routes[:0] = recommendations.HOT_ROUTES + ratings.HOT_ROUTES
+    app.router.routes[:0] = recommendations.HOT_ROUTES + scores.HOT_ROUTES + ratings.HOT_ROUTES
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(

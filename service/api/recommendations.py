@@ -104,7 +104,7 @@ USER_PATH = re.compile("^/recommend/(?!batch$)(?P<user>[^/]+)$")
 """`/recommend/{user}` without `/recommend/batch`, which is only POST (as OpenAPI matches a
 concrete path before a templated one): a GET there is 405, not the list of a user "batch"."""
 
-HOT_ROUTES = [plain_route("/recommend/{user}", recommend, USER_PATH)]
+HOT_ROUTES = [plain_route("/recommend/{user}", recommend, path_regex=USER_PATH)]
 """The hottest call, served by a plain Starlette route that the application puts in front of
 all others: it skips FastAPI's per-request machinery (dependency solving, exit stacks, response
 handling) and its matching of included routers (each is matched twice, once to

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.auth import AUTH_RESPONSES, require_scope
-from service.api.serving_deps import RuntimeDep, json_reply, request_history, too_many
+from service.api.auth import AUTH_RESPONSES, authorize, require_scope
+from service.api.serving_deps import (
+    RuntimeDep,
+    json_reply,
+    plain_route,
+    request_body,
+    request_history,
+    runtime_of,
+    too_many,
+)
 from service.api.serving_schemas import ScoresIn, ScoresOut
 from service.db.keys import Scope
 from service.errors import InvalidInputError
-from service.recommend import score_items
+from service.recommend import Serving, score_items
 
 router = APIRouter(
     tags=["recommendations"], dependencies=[require_scope(Scope.SERVE)], responses=AUTH_RESPONSES
@@ -26,6 +34,22 @@ router = APIRouter(
 async def scores(body: ScoresIn, runtime: RuntimeDep) -> Response:
     """Scores in request order (predicted ratings for explicit models); unknown items get null
     and are listed in `unknown_items`. A user is scored like `GET /recommend/{user}` would."""
+    return await answer_scores(body, runtime)
+
+
+async def scores_plain(request: Request) -> Response:
+    """`POST /scores` without FastAPI's per-request machinery (the body checked the same)."""
+    authorize(request, Scope.SERVE)  # the plain route skips the router's dependency
+    return await answer_scores(await request_body(request, ScoresIn), runtime_of(request))
+
+
+HOT_ROUTES = [plain_route("/scores", scores_plain, "POST")]
+"""`POST /scores` as a plain route in front of the others (see `recommendations.HOT_ROUTES`);
+the APIRoute above stays for the OpenAPI document."""
+
+
+async def answer_scores(body: ScoresIn, runtime: Serving) -> Response:
+    """The reply to a checked `POST /scores` body."""
     settings = runtime.settings
     problems: list[dict[str, str] | None] = []
     user = body.user if "user" in body.model_fields_set else None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import email.message
+import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 from urllib.parse import unquote_plus
 
 import orjson
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
@@ -148,6 +153,64 @@ def request_history(
     )
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def request_body(request: Request, model: type[ModelT]) -> ModelT:
+    """The request's JSON body validated as `model`, refused exactly as FastAPI refuses a body
+    parameter: 400 for malformed JSON, 422 naming each bad field (under `body`), 422 for a body
+    that is missing or not sent as JSON (`application/json` or `+json`).
+
+    For plain routes: FastAPI's per-request machinery costs more than a whole scoring call.
+    """
+    data: Any = _MISSING
+    try:
+        raw = await request.body()
+        if raw:
+            data = json.loads(raw) if _is_json(request.headers.get("content-type")) else raw
+    except json.JSONDecodeError as error:
+        problem = {
+            "type": "json_invalid",
+            "loc": ("body", error.pos),
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": error.msg},
+        }
+        raise RequestValidationError([problem], body=error.doc) from error
+    except HTTPException:  # the body size limit
+        raise
+    except Exception as error:
+        raise HTTPException(400, "There was an error parsing the body") from error
+    if data is _MISSING:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    try:
+        return model.model_validate(data, from_attributes=True)
+    except ValidationError as error:
+        problems = error.errors(include_url=False)
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem["loc"])} for problem in problems], body=data
+        ) from None
+
+
+_MISSING = object()
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether a content type is JSON, as FastAPI decides it (absent: not JSON)."""
+    if content_type is None:
+        return False
+    if content_type == "application/json":
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
+
 class PlainEndpoint:
     """An ASGI app that serves a hot call with a plain Starlette request handler, skipping
     FastAPI's per-request machinery; `path` labels it in the metrics (as `scope["route"]`)."""
@@ -165,11 +228,13 @@ class PlainEndpoint:
 def plain_route(
     path: str,
     handler: Callable[[Request], Awaitable[Response]],
+    method: str = "GET",
+    *,
     path_regex: re.Pattern[str] | None = None,
 ) -> Route:
-    """A GET route served by `PlainEndpoint` (left out of the OpenAPI document); `path_regex`
+    """A route served by `PlainEndpoint` (left out of the OpenAPI document); `path_regex`
     narrows what the path template matches."""
-    route = Route(path, PlainEndpoint(path, handler), methods=["GET"], include_in_schema=False)
+    route = Route(path, PlainEndpoint(path, handler), methods=[method], include_in_schema=False)
     if path_regex is not None:
         route.path_regex = path_regex
     return route

@@ -4,11 +4,13 @@
 so the conformance suite that tests the former tests what is served.
 
 An `ItemTable` holds a model's item side on a device, ready for many rankings. A batch of user
-vectors is scored by one matrix product (`addmm` over the item offsets); tag filters and long
-exclusion lists are masks set to -inf before one `topk`; short exclusion lists are dropped from
-each row's top `n + excluded` afterwards. Users' biases and the model's score transform, which do
-not change a row's order, are applied to the top n only. `RankPlan` splits this into `run` (the
-matrix product and `topk`, which release the GIL and may run in another thread) and `lists`.
+vectors is scored by one matrix product (`addmm` over the item offsets); the excluded items of
+every row are set to -inf together (one scatter for the batch) and tag filters are masks, before
+one `topk` of the longest list; very short exclusion lists are instead dropped from each row's
+top `n + excluded` afterwards. Users' biases and the model's score transform, which do not change
+a row's order, are applied to the top n only. `RankPlan` splits this into `run` (the matrix
+product, the scatter and `topk`, which release the GIL and may run in another thread) and
+`lists`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from service.ml.data import IndexArray
@@ -27,11 +30,13 @@ if TYPE_CHECKING:
 
 NEG_INF = float("-inf")
 
-EXCLUDED_AFTER_TOPK = 200
+EXCLUDED_AFTER_TOPK = 16
 """A row leaving out at most this many items takes that many more from `topk` and drops them
-from its list; a row leaving out more (a long history) masks them before `topk` instead."""
+from its list; a row leaving out more is scattered -inf before `topk` instead (a `topk` of
+n + excluded costs more than the scatter once the list is longer than a few items)."""
 
 NO_ITEMS: IndexArray = np.zeros(0, dtype=np.int64)
+NOTHING_DROPPED: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,15 @@ class ItemTable:
     """(k, m) the same, contiguous."""
     transform: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
+    host: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = field(
+        init=False, repr=False, compare=False
+    )
+    """`factors` and `offsets` as numpy arrays on the same memory (None off the host)."""
+
+    def __post_init__(self) -> None:
+        on_host = self.device.type == "cpu"
+        host = (self.factors.numpy(), self.offsets.numpy()) if on_host else None
+        object.__setattr__(self, "host", host)
 
     @classmethod
     def build(cls, model: Recommender[Any], device: torch.device | None = None) -> ItemTable:
@@ -99,12 +113,25 @@ class ItemTable:
         return int(self.factors.shape[1])
 
     def score_items(
-        self, embedding: torch.Tensor, bias: float, items: torch.Tensor
-    ) -> torch.Tensor:
-        """Scores (len(items),) of one user vector over given item indices."""
-        raw = self.factors[items] @ embedding.to(self.factors.dtype) if self.width else None
-        offsets = self.offsets[items] + bias
-        return self.transform(offsets if raw is None else raw + offsets)
+        self, embedding: torch.Tensor | None, bias: float, items: IndexArray
+    ) -> list[float]:
+        """Scores of one user vector (None: the zero vector, whose bias is ignored) over given
+        item indices (none negative)."""
+        if embedding is None:
+            bias = 0.0
+        if self.host is not None:  # a few rows: numpy costs a fraction of torch's calls
+            factors, offsets = self.host
+            raw = offsets[items] + np.float32(bias)
+            if embedding is not None and self.width:
+                raw += factors[items] @ embedding.detach().numpy().astype(np.float32, copy=False)
+            scores = torch.from_numpy(raw)
+        else:
+            index = torch.as_tensor(items, device=self.device)
+            with torch.inference_mode():
+                scores = self.offsets[index] + bias
+                if embedding is not None and self.width:
+                    scores += self.factors[index] @ embedding.to(self.factors.dtype)
+        return self.transform(scores).tolist()
 
     def raw_scores(
         self, embeddings: torch.Tensor | None, rows: int, out: torch.Tensor | None = None
@@ -161,17 +188,21 @@ class RankPlan:
     k: int
     """How many items `topk` takes per row."""
     blocked: list[tuple[int, torch.Tensor]]
-    """Per row, the (m,) mask of items scored -inf before `topk`."""
+    """Per row with a tag filter, the (m,) mask of items scored -inf before `topk`."""
     dropped: list[frozenset[int]]
     """Per row, the items dropped from its top k afterwards."""
+    scattered: tuple[torch.Tensor, torch.Tensor] | None
+    """(row, item) positions of the items scored -inf before `topk` (None: none)."""
     out: torch.Tensor | None = None
     """A reusable (rows, m) score buffer."""
 
     def run(self) -> Ranked:
         """The k best raw scores (sorted) and their item indices per row: the part of a ranking
-        that releases the GIL (a matrix product and a `topk`)."""
+        that releases the GIL (a matrix product, a scatter and a `topk`)."""
         with torch.inference_mode():
             raw = self.table.raw_scores(self.embeddings, len(self.rows), self.out)
+            if self.scattered is not None:
+                raw[self.scattered] = NEG_INF
             for row, mask in self.blocked:
                 raw[row].masked_fill_(mask, NEG_INF)
             return torch.topk(raw, min(self.k, raw.shape[1]), dim=1)
@@ -216,26 +247,40 @@ def plan_ranking(
     table's items; None when no row can hold an item."""
     blocked: list[tuple[int, torch.Tensor]] = []
     dropped: list[frozenset[int]] = []
+    scattered_rows: list[int] = []
+    scattered: list[IndexArray] = []
     wanted = 0
     for j, row in enumerate(rows):
-        mask = None if row.allowed is None else ~row.allowed
         excluded = row.excluded
         if len(excluded) > EXCLUDED_AFTER_TOPK:
-            if mask is None:
-                mask = torch.zeros(table.n_items, dtype=torch.bool, device=table.device)
-            mask[torch.as_tensor(excluded, device=table.device)] = True
-            dropped.append(frozenset())
+            scattered_rows.append(j)
+            scattered.append(excluded)
+            dropped.append(NOTHING_DROPPED)
             wanted = max(wanted, row.n)
         else:
-            left_out = frozenset(excluded.tolist())
+            left_out = frozenset(excluded.tolist()) if len(excluded) else NOTHING_DROPPED
             dropped.append(left_out)
             wanted = max(wanted, row.n + len(left_out))
-        if mask is not None:
-            blocked.append((j, mask))
+        if row.allowed is not None:
+            blocked.append((j, ~row.allowed))
     k = min(wanted, table.n_items)
     if k <= 0:
         return None
-    return RankPlan(table, embeddings, rows, k, blocked, dropped, out)
+    positions = _positions(scattered_rows, scattered, table.device) if scattered else None
+    return RankPlan(table, embeddings, rows, k, blocked, dropped, positions, out)
+
+
+def _positions(
+    rows: list[int], items: list[IndexArray], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (row, item) index tensors of the items to score -inf (one scatter for the batch)."""
+    columns = np.concatenate(items) if len(items) > 1 else items[0]
+    lengths = [len(part) for part in items]
+    row_index = np.repeat(np.asarray(rows, dtype=np.int64), lengths)
+    return (
+        torch.as_tensor(row_index, device=device),
+        torch.as_tensor(columns.astype(np.int64, copy=False), device=device),
+    )
 
 
 def rank(

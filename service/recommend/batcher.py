@@ -12,7 +12,9 @@ A batch function prepares a `BatchPlan`: its heavy, GIL-free `work` (the matrix 
 thread: every call into a thread must take the GIL back when it returns, and a thread waiting
 for the GIL while the loop is busy waits up to the interpreter's switch interval, so Python
 work moved to a thread costs more than it saves. The loop keeps parsing HTTP on one core while
-the product runs on the other.
+the product runs on the other. While it serves, the process shortens that interval
+(`GIL_SWITCH_INTERVAL_S`): each of a batch's torch calls takes the GIL back once, and at
+Python's default of 5 ms a batch under load spent most of its time waiting for the busy loop.
 
 The thread hands its result back with one `call_soon_threadsafe` that runs `finish` and
 answers the requests directly: awaiting the thread from a coroutine would take two more loop
@@ -33,6 +35,12 @@ T = TypeVar("T")
 
 MAX_BATCH_JOBS = 256
 """Jobs run together at most (more wait for the next batch)."""
+
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""The interpreter's switch interval while serving (Python's default: 0.005): the longest the
+scoring thread waits for the GIL after each torch call while the event loop runs Python. The
+loop is asked to let go only while another thread waits, so a shorter interval costs nothing
+when the thread is idle."""
 
 MAX_BATCHES_IN_FLIGHT = 2
 """Batches under way at once: while one waits for the thread, the next one reads and prepares,

@@ -123,19 +123,9 @@ def _scores(
         assert history is not None
         indices = primary.vocabulary.indices(history.items)
         vector = history_vector(primary, indices, history.ratings)
-    table = primary.table
     wanted = primary.vocabulary.indices(list(items))
     known = wanted >= 0
-    with torch.inference_mode():
-        embedding = (
-            vector.embedding
-            if vector.embedding is not None
-            else torch.zeros(table.width, device=table.device)
-        )
-        bias = vector.bias if vector.embedding is not None else 0.0
-        values = table.score_items(
-            embedding, bias, torch.as_tensor(wanted[known], device=table.device)
-        ).tolist()
+    values = primary.table.score_items(vector.embedding, vector.bias, wanted[known])
     it = iter(values)
     flags = known.tolist()
     scores = [(item, next(it) if ok else None) for item, ok in zip(items, flags, strict=True)]

@@ -10,10 +10,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from service.ml.ranking import ItemTable, Ranked, RankPlan, RankRow, excluded_indices, plan_ranking
+from service.ml.ranking import (
+    NO_ITEMS,
+    ItemTable,
+    Ranked,
+    RankPlan,
+    RankRow,
+    excluded_indices,
+    plan_ranking,
+)
 from service.recommend.batcher import BatchFunction, BatchPlan
 from service.recommend.context import ServingContext
 from service.recommend.profiles import ProfileSource
@@ -88,13 +95,13 @@ class _Row:
     def rank_row(self) -> RankRow:
         """The row as `service.ml.ranking` takes it (item indices of its view)."""
         options, view = self.options, self.view
-        parts = [view.vocabulary.indices(list(options.exclude))] if options.exclude else []
-        if options.exclude_rated:
-            parts.append(self.vector.rated_in(view))
+        excluded = self.vector.excluded_in(view) if options.exclude_rated else NO_ITEMS
+        if options.exclude:
+            excluded = excluded_indices(excluded, view.vocabulary.indices(list(options.exclude)))
         return RankRow(
             n=options.n,
             bias=self.vector.bias,
-            excluded=excluded_indices(*parts) if parts else np.zeros(0, dtype=np.int64),
+            excluded=excluded,
             allowed=view.allowed(options.tags),
         )
 

@@ -91,7 +91,7 @@ class ProfileSource:
         tables = served.tables
         vocabulary = served.model.user_ids
         for user, marker in markers.items():
-            profile = None
+            profile: UserProfile | None = None
             if tables is not None:
                 row = vocabulary.index(user)
                 if row is not None:
@@ -104,7 +104,7 @@ class ProfileSource:
                 found[user] = profile
         if missing:
             fresh = await self._profiles(missing)
-            for user, profile in fresh.items():
-                self.changed.put(user, profile)
-                found[user] = profile
+            for user, read in fresh.items():
+                self.changed.put(user, read)
+                found[user] = read
         return found

@@ -3,12 +3,13 @@ profile source, and the counters of how users were scored."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from service.config import Settings
 from service.metrics import ServiceMetrics
-from service.recommend.batcher import Batcher
+from service.recommend.batcher import GIL_SWITCH_INTERVAL_S, Batcher
 from service.recommend.context import ServingContext
 from service.recommend.plan import ScoreBuffers, batch_function
 from service.recommend.profiles import MarkerFetch, ProfileFetch, ProfileSource
@@ -60,13 +61,17 @@ async def serving(
     profiles: ProfileFetch,
     metrics: ServiceMetrics | None = None,
 ) -> AsyncIterator[Serving]:
-    """Serve with a batcher whose profile reads go through `markers` and `profiles`."""
+    """Serve with a batcher whose profile reads go through `markers` and `profiles` (and the
+    interpreter's GIL switch interval shortened to `GIL_SWITCH_INTERVAL_S` meanwhile)."""
     source = ProfileSource(markers, profiles, settings.profile_cache_ratings)
     runtime = Serving(settings, registry, source, metrics)
     batcher = Batcher(batch_function(source, ScoreBuffers()))
     runtime.batcher = batcher
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         yield runtime
     finally:
+        sys.setswitchinterval(switch_interval)
         runtime.batcher = None
         batcher.close()

@@ -20,9 +20,10 @@ import torch
 
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
+from service.ml.ranking import NO_ITEMS, excluded_indices
 from service.recommend.cold import attribute_fold_in, attribute_vector
 from service.recommend.context import ServingContext
-from service.registry import ModelView, UserProfile
+from service.registry import ItemIndex, ModelView, SnapshotProfile, UserProfile
 
 
 @dataclass
@@ -36,14 +37,34 @@ class Vector:
     """Database ids of the items the user rated (users read from the database)."""
     rated_ids: list[str] | None = field(default=None)
     """External ids of the items of a request's history (anonymous calls)."""
+    rated_model: IndexArray | None = None
+    """The rated items as indices of the model joined through `rated_index` (-1: unknown),
+    mapped once (in the snapshot state, or when a changed user is folded in)."""
+    rated_index: ItemIndex | None = None
+    rated_complete: bool = False
+    """Whether `rated_model` holds no -1."""
 
     def rated_in(self, view: ModelView) -> IndexArray:
         """The rated items as indices of one model (-1 for items it does not know)."""
+        if self.rated_model is not None and view.index is self.rated_index:
+            return self.rated_model
         if self.rated_ids is not None:
             return view.vocabulary.indices(self.rated_ids)
         if self.rated_db is not None:
             return view.index.model_indices(self.rated_db)
-        return np.zeros(0, dtype=np.int64)
+        return NO_ITEMS
+
+    def excluded_in(self, view: ModelView) -> IndexArray:
+        """The rated items that one model knows, as its indices (what `exclude_rated` leaves
+        out)."""
+        if self.rated_complete and view.index is self.rated_index:
+            return self.rated_model  # type: ignore[return-value]
+        return excluded_indices(self.rated_in(view))
+
+    def keep_rated(self, indices: IndexArray, index: ItemIndex) -> None:
+        """Remember the rated items' model indices (`indices`, joined through `index`)."""
+        self.rated_model, self.rated_index = indices, index
+        self.rated_complete = len(indices) == 0 or int(indices.min()) >= 0
 
 
 def fold_in(model: Recommender[Any], indices: IndexArray, ratings: ValueArray) -> Any:
@@ -88,18 +109,25 @@ def needs_profile(context: ServingContext, user: str, exclude_rated: bool) -> bo
 def user_vector(context: ServingContext, user: str, profile: UserProfile | None) -> Vector:
     """A stored user's embedding, the fold-in of their profile, or the fallback."""
     primary = context.tables.primary
-    rated_db = profile.item_ids if profile is not None else np.zeros(0, dtype=np.int64)
+    rated_db = profile.item_ids if profile is not None else NO_ITEMS
     stored = stored_index(context, user, profile)
     if stored is not None:
         embedding, bias = context.tables.user_vector(stored)
-        return Vector("model", embedding, bias, rated_db=rated_db)
+        vector = Vector("model", embedding, bias, rated_db=rated_db)
+        if isinstance(profile, SnapshotProfile):
+            vector.rated_model, vector.rated_index = profile.model_items, profile.index
+            vector.rated_complete = profile.complete
+        return vector
     if profile is None:
         return _without_history(context, user, rated_db)
     changed = context.serving.profiles.changed
     kept: Vector | None = changed.folded(user, profile.history_version, primary.model)
     if kept is not None:
         return kept
-    indices = primary.index.model_indices(rated_db)
+    if isinstance(profile, SnapshotProfile) and profile.index is primary.index:
+        indices: IndexArray = profile.model_items
+    else:
+        indices = primary.index.model_indices(rated_db)
     placed = attribute_fold_in(context, user, indices, profile.ratings)
     if placed is not None:
         vector = Vector("foldin", *placed)
@@ -109,6 +137,7 @@ def user_vector(context: ServingContext, user: str, profile: UserProfile | None)
         # not kept: the user's attributes may arrive or change while their history does not
         return _without_history(context, user, rated_db)
     vector.rated_db = rated_db
+    vector.keep_rated(indices, primary.index)
     changed.keep_folded(user, profile.history_version, primary.model, vector)
     return vector
 

@@ -13,7 +13,14 @@ from service.registry._lifespan import (
     table_builder,
 )
 from service.registry._loader import ModelRegistry, ServedModel, TableBuilder, VersionRecord
-from service.registry._tables import ItemIndex, ModelView, ServingTables, UserStates, build_tables
+from service.registry._tables import (
+    ItemIndex,
+    ModelView,
+    ServingTables,
+    SnapshotProfile,
+    UserStates,
+    build_tables,
+)
 
 __all__ = [
     "FeatureState",
@@ -23,6 +30,7 @@ __all__ = [
     "NoModelError",
     "ServedModel",
     "ServingTables",
+    "SnapshotProfile",
     "TableBuilder",
     "UserProfile",
     "UserStates",

@@ -4,8 +4,9 @@
   item ids, and its join with the database's item catalog (`ItemIndex`: database item id to
   model index, tag to model indices);
 - `UserStates`: what the version's snapshot knew of each trained user, still unchanged when the
-  version was loaded: their history marker and rated items. Serving such a user reads one
-  indexed row (the marker), never their ratings.
+  version was loaded: their history marker and rated items (database ids, ratings, and model
+  indices ready for exclusion). Serving such a user reads one indexed row (the marker), never
+  their ratings.
 
 A request only reads these; nothing here is built on the request path.
 """
@@ -13,7 +14,7 @@ A request only reads these; nothing here is built on the request path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +69,10 @@ class ItemIndex:
         return [self.tag_items.get(tag, empty) for tag in dict.fromkeys(tags)]
 
 
+TAG_MASKS_KEPT = 32
+"""Tag filters whose (m,) item masks a model view keeps (then it starts over)."""
+
+
 @dataclass(frozen=True)
 class ModelView:
     """One model's item table on the serving device, joined with the item catalog."""
@@ -77,6 +82,10 @@ class ModelView:
     vocabulary: Vocabulary
     item_ids: list[str]
     index: ItemIndex
+    _tag_masks: dict[frozenset[str], torch.Tensor] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
+    """The masks of recent tag filters (a view joined with a newer catalog starts empty)."""
 
     @classmethod
     def build(cls, model: Recommender[Any], rows: ItemRows, device: torch.device) -> ModelView:
@@ -90,33 +99,81 @@ class ModelView:
         )
 
     def allowed(self, tags: Sequence[str]) -> torch.Tensor | None:
-        """The (m,) mask of the items carrying every tag (None: no filter)."""
-        return self.table.allowed(self.index.tag_sets(tags)) if tags else None
+        """The (m,) mask of the items carrying every tag (None: no filter); read-only."""
+        if not tags:
+            return None
+        key = frozenset(tags)
+        mask = self._tag_masks.get(key)
+        if mask is None:
+            if len(self._tag_masks) >= TAG_MASKS_KEPT:
+                self._tag_masks.clear()
+            mask = self._tag_masks[key] = self.table.allowed(self.index.tag_sets(tags))
+        return mask
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotProfile(UserProfile):
+    """A profile from a version's snapshot state, with its rated items as indices of the
+    version's primary model, as joined through `index`."""
+
+    model_items: IndexArray
+    """Primary model index of each rated item (-1: the model does not know it)."""
+    complete: bool
+    """Whether the model knows every rated item (no -1 in `model_items`)."""
+    index: ItemIndex
 
 
 @dataclass(frozen=True)
 class UserStates:
     """Per trained user (by model index): the history marker at load (-1: no state kept) and
-    their rated items, which are rows offsets[u]:offsets[u+1] of `item_ids` and `ratings`."""
+    their rated items, which are rows offsets[u]:offsets[u+1] of `item_ids`, `ratings` and
+    `model_items`."""
 
     markers: npt.NDArray[np.int64]
     offsets: npt.NDArray[np.int64]
     item_ids: npt.NDArray[np.int64]
     """Database item ids."""
     ratings: npt.NDArray[np.float32]
+    model_items: IndexArray
+    """Primary model index of each rated item (-1: unknown to the model), through `index`."""
+    complete: npt.NDArray[np.bool_]
+    """Per user, whether the model knows every one of their rated items."""
+    index: ItemIndex
 
-    def profile(self, user: int, marker: int) -> UserProfile | None:
+    def profile(self, user: int, marker: int) -> SnapshotProfile | None:
         """The user's profile while their marker is still `marker` (None: read it instead)."""
         if self.markers[user] != marker:
             return None
         start, end = int(self.offsets[user]), int(self.offsets[user + 1])
-        return UserProfile(marker, self.item_ids[start:end], self.ratings[start:end])
+        return SnapshotProfile(
+            marker,
+            self.item_ids[start:end],
+            self.ratings[start:end],
+            self.model_items[start:end],
+            bool(self.complete[user]),
+            self.index,
+        )
+
+    def joined(self, index: ItemIndex) -> UserStates:
+        """The same states with their rated items' model indices through another join."""
+        known = len(self.index.by_db_id) - 1  # ids below the old spare slot kept their index
+        if np.array_equal(self.index.by_db_id[:known], index.by_db_id[:known]):
+            return replace(self, index=index)
+        model_items, complete = _model_items(self.item_ids, self.offsets, index)
+        return replace(self, model_items=model_items, complete=complete, index=index)
 
     @classmethod
     def build(
-        cls, histories: Histories, users: Vocabulary, snapshot: SnapshotInfo | None
+        cls,
+        histories: Histories,
+        users: Vocabulary,
+        snapshot: SnapshotInfo | None,
+        index: ItemIndex | None = None,
     ) -> UserStates:
-        """Keep the histories of the model's users that are unchanged since its snapshot."""
+        """Keep the histories of the model's users that are unchanged since its snapshot (their
+        rated items as model indices through `index`; None: through a join that knows none)."""
+        if index is None:
+            index = ItemIndex(by_db_id=np.full(1, -1, dtype=np.int64), tag_items={})
         rows = users.indices(histories.users)
         keep = rows >= 0
         if snapshot is not None:
@@ -138,12 +195,27 @@ class UserStates:
         order = np.argsort(rows[kept], kind="stable")
         pieces = [np.arange(starts[i], ends[i]) for i in order.tolist()]
         taken = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+        item_ids = histories.item_ids[taken].astype(np.int64)
+        model_items, complete = _model_items(item_ids, offsets, index)
         return cls(
             markers=markers,
             offsets=offsets,
-            item_ids=histories.item_ids[taken].astype(np.int64),
+            item_ids=item_ids,
             ratings=histories.ratings[taken],
+            model_items=model_items,
+            complete=complete,
+            index=index,
         )
+
+
+def _model_items(
+    item_ids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], index: ItemIndex
+) -> tuple[IndexArray, npt.NDArray[np.bool_]]:
+    """Model indices of rated items, and per user whether the model knows all of theirs."""
+    model_items = index.model_indices(item_ids)
+    unknown = np.zeros(len(model_items) + 1, dtype=np.int64)
+    np.cumsum(model_items < 0, out=unknown[1:])
+    return model_items, unknown[offsets[1:]] == unknown[offsets[:-1]]
 
 
 @dataclass(frozen=True)
@@ -172,7 +244,13 @@ class ServingTables:
         fallback = primary
         if self.has_fallback:
             fallback = replace(self.fallback, index=ItemIndex.build(rows, self.fallback.vocabulary))
-        return replace(self, primary=primary, fallback=fallback, catalog=rows)
+        return replace(
+            self,
+            primary=primary,
+            fallback=fallback,
+            users=self.users.joined(primary.index),
+            catalog=rows,
+        )
 
 
 def build_tables(
@@ -193,7 +271,7 @@ def build_tables(
         primary=primary,
         fallback=primary if fallback is None else ModelView.build(fallback, rows, device),
         has_fallback=fallback is not None,
-        users=UserStates.build(histories, model.user_ids, snapshot),
+        users=UserStates.build(histories, model.user_ids, snapshot, primary.index),
         catalog=rows,
         user_factors=user_factors,
         user_biases=user_biases,

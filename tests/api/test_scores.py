@@ -120,3 +120,42 @@ def test_item_count_is_capped(serving_client: TestClient, served: ServedModel) -
     response = serving_client.post("/scores", json={"user": "u1", "items": items})
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "body.items"
+
+
+BODIES: list[tuple[bytes, dict[str, str]]] = [
+    (b'{"user": "u3", "items": ["i1", "nope", "i2"]}', {"content-type": "application/json"}),
+    (b'{"user": "u3", "items": ["i1"]}', {"content-type": "application/vnd.mf+json; charset=x"}),
+    (b'{"user": "u3", "items": ["i1"]}', {"content-type": "text/plain"}),
+    (b'{"user": "u3", "items": ["i1"]}', {}),
+    (b"", {"content-type": "application/json"}),
+    (b"{not json", {"content-type": "application/json"}),
+    (b'"\xff"', {"content-type": "application/json"}),
+    (b"[" * 100_000, {"content-type": "application/json"}),
+    (b"[1, 2]", {"content-type": "application/json"}),
+    (b'{"user": "u3", "items": ["i1"], "n": 3}', {"content-type": "application/json"}),
+    (b'{"user": 7, "items": [""], "history": [{"item": "i1", "rating": NaN}]}', {}),
+    (
+        b'{"history": [{"item": "i1", "rating": NaN}], "items": ["i1"]}',
+        {"content-type": "application/json"},
+    ),
+]
+
+
+def test_the_plain_route_answers_every_body_as_the_documented_route(
+    serving_client: TestClient, served: ServedModel
+) -> None:
+    """`POST /scores` is served by a plain route in front of its FastAPI route (which stays
+    for the OpenAPI document): both answer alike, good bodies and bad ones."""
+    routes = serving_client.app.router.routes  # type: ignore[attr-defined]
+    plain = [r for r in routes if getattr(r, "path", None) == "/scores" and not r.include_in_schema]
+    assert len(plain) == 1
+    answers = [serving_client.post("/scores", content=body, headers=h) for body, h in BODIES]
+    routes.remove(plain[0])
+    try:
+        for (body, headers), answer in zip(BODIES, answers, strict=True):
+            documented = serving_client.post("/scores", content=body, headers=headers)
+            assert answer.status_code == documented.status_code, body[:60]
+            assert answer.json() == documented.json(), body[:60]
+    finally:
+        routes.insert(0, plain[0])
+    assert [a.status_code for a in answers] == [200, 200, 422, 422, 422, 400, 400, 400] + [422] * 4
