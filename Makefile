@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install dev run api worker migrate test lint format bench clean
+.PHONY: install dev run api worker migrate test lint format bench clean vendor browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,27 @@ format: dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# the dashboard's browser tests drive Debian's chromium; installed once, only where it is missing
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
 ## make test: install the dev extras, lint, and run every test on SQLite and PostgreSQL
-test: lint
+test: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make vendor: refresh the dashboard's vendored npm builds from service/web/package-lock.json
+WEB := service/web
+VENDOR := $(WEB)/static/vendor
+vendor:
+	cd $(WEB) && npm ci --ignore-scripts --no-audit --no-fund
+	mkdir -p $(VENDOR)
+	cp $(WEB)/node_modules/chart.js/dist/chart.umd.min.js $(VENDOR)/chart.umd.min.js
+	cp $(WEB)/node_modules/chart.js/LICENSE.md $(VENDOR)/chart.js.LICENSE.md
+	cp $(WEB)/node_modules/@kurkle/color/LICENSE.md $(VENDOR)/kurkle-color.LICENSE.md
+	cp $(WEB)/node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/pico.min.css
+	cp $(WEB)/node_modules/@picocss/pico/LICENSE.md $(VENDOR)/pico.LICENSE.md
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -5,6 +5,10 @@ Prints ratings per second for concurrent single-rating clients (`wrk` at 1, 8 an
 connections, with p99 latency), for batches of 1, 100 and 1,000 rows posted one request after
 another, and for the importer, on SQLite (a file) and PostgreSQL (a throwaway server started
 with initdb/pg_ctl, fsync on). `wrk` must be installed (`apt-get install -y wrk`).
+
+Each wrk run of `POST /ratings` is paired with a wrk run of `GET /healthz` (the cheapest
+request) against the same server just before it: the ratio of the two, and the API process's
+CPU time per request of each, say far more than a rate on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -94,10 +98,24 @@ end
 """
 
 
-def wrk_rate(base_url: str, connections: int, seconds: int, workdir: Path) -> tuple[float, float]:
-    """(single-rating requests/s, p99 ms) of `wrk` posting one new rating per request."""
-    script = workdir / "post_rating.lua"
-    script.write_text(WRK_SCRIPT)
+HEALTHZ_SCRIPT = WRK_SCRIPT.replace(
+    'return wrk.format("POST", "/ratings", {["Content-Type"] = "application/json"}, body)',
+    'return wrk.format("GET", "/healthz")',
+)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_rate(
+    base_url: str, connections: int, seconds: int, workdir: Path, *, healthz: bool = False
+) -> tuple[float, float]:
+    """(requests/s, p99 ms) of `wrk` posting one new rating per request (or GET /healthz)."""
+    script = workdir / ("healthz.lua" if healthz else "post_rating.lua")
+    script.write_text(HEALTHZ_SCRIPT if healthz else WRK_SCRIPT)
     threads = min(connections, 2)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
     command += ["-s", str(script), base_url, "--", f"w{connections}"]
@@ -146,22 +164,34 @@ def main() -> None:
     ]
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
     results: list[tuple[str, str, float]] = []
-    latencies: list[tuple[str, int, float, float]] = []
+    latencies: list[tuple[str, int, float, float, float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="mfserve-bench-") as tmp:
         workdir = Path(tmp)
         for backend in args.backends:
             with fresh_database(backend, workdir, "api") as url:
                 env = {"MFSERVE_ARTIFACT_DIR": str(workdir / "artifacts")}
                 with run_api_process(url, env=env) as server:
+                    pid = server.process.pid
                     for connections in (1, 8, 32):
                         seconds = args.wrk_seconds
+                        cpu = process_cpu_seconds(pid)
+                        health, _ = wrk_rate(
+                            server.base_url, connections, seconds, workdir, healthz=True
+                        )
+                        health_cpu = (process_cpu_seconds(pid) - cpu) / (health * seconds)
+                        cpu = process_cpu_seconds(pid)
                         rate, p99 = wrk_rate(server.base_url, connections, seconds, workdir)
+                        rate_cpu = (process_cpu_seconds(pid) - cpu) / (rate * seconds)
                         path = f"wrk, one rating per request, {connections} connections"
                         results.append((backend, path, rate))
-                        latencies.append((backend, connections, rate, p99))
+                        latencies.append(
+                            (backend, connections, rate, p99, health, rate_cpu, health_cpu)
+                        )
                         print(
                             f"{backend:10} wrk c={connections:<3}    {rate:>10,.0f} ratings/s"
-                            f"  p99 {p99:,.0f} ms",
+                            f"  p99 {p99:,.0f} ms  /healthz {health:,.0f}/s"
+                            f"  ratio {rate / health:.2f}  API CPU {rate_cpu * 1e6:,.0f} us"
+                            f" per rating, {health_cpu * 1e6:,.0f} us per /healthz",
                             flush=True,
                         )
                     for size in (1, 100, 1000):
@@ -185,9 +215,15 @@ def main() -> None:
     print("\n| backend | path | ratings/s |\n|---|---|---:|")
     for backend, path, rate in results:
         print(f"| {backend} | {path} | {rate:,.0f} |")
-    print("\n| backend | connections | requests/s | p99 |\n|---|---:|---:|---:|")
-    for backend, connections, rate, p99 in latencies:
-        print(f"| {backend} | {connections} | {rate:,.0f} | {p99:,.0f} ms |")
+    print(
+        "\n| backend | connections | ratings/s | p99 | /healthz/s | ratio"
+        " | API CPU us/rating | API CPU us/healthz |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    for backend, connections, rate, p99, health, rate_cpu, health_cpu in latencies:
+        print(
+            f"| {backend} | {connections} | {rate:,.0f} | {p99:,.0f} ms | {health:,.0f}"
+            f" | {rate / health:.2f} | {rate_cpu * 1e6:,.0f} | {health_cpu * 1e6:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

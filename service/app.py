@@ -9,7 +9,19 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 
 import service
-from service.api import admin, foldin, health, items, ratings, recommendations, scores, similar
+from service.api import (
+    admin,
+    dashboard,
+    foldin,
+    health,
+    insights,
+    items,
+    ratings,
+    recommendations,
+    scores,
+    similar,
+    users,
+)
 from service.api.limits import BodySizeLimit
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
@@ -39,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions = make_sessionmaker(engine)
             write_sessions = make_sessionmaker(engine, write=True)
             read_engine = create_serving_engine(settings.database_url)
+            rating_writer = RatingWriter(write_sessions)
             try:
                 async with (
                     # loads the active model and builds its tables, polls for new ones
@@ -52,13 +65,14 @@ def create_app(settings: Settings) -> FastAPI:
                             engine=engine,
                             sessions=sessions,
                             write_sessions=write_sessions,
-                            rating_writer=RatingWriter(write_sessions),
+                            rating_writer=rating_writer,
                             registry=registry,
                             serving=runtime,
                             readiness=[registry_readiness(registry)],
                         )
                     }
             finally:
+                rating_writer.close()  # writes what is queued
                 read_engine.dispose()
         finally:
             engine.dispose()
@@ -81,11 +95,15 @@ def create_app(settings: Settings) -> FastAPI:
             similar.router,
             ratings.router,
             items.router,
+            users.router,
             admin.router,
+            insights.router,
+            dashboard.router,
         )
     )
+    app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
     # In front of everything, FastAPI's documentation routes included: matched first, once.
-    app.router.routes[:0] = recommendations.HOT_ROUTES
+    app.router.routes[:0] = recommendations.HOT_ROUTES + ratings.HOT_ROUTES
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     training_seed: int = 42
     """Seed of the validation holdout of every retrain."""
 
+    refit_on_snapshot: bool = True
+    """After a retrain passes the gate on the validation slice, refit the same config on every
+    rating of the snapshot and publish that model (false: publish the model fitted on the
+    training slice)."""
+
     # ----- serving -------------------------------------------------------------------------
     max_recommendations: int = Field(default=1000, ge=1, le=100_000)
     """Largest `n` of a recommendation or similar-items call; a larger `n` is refused (422)."""

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from service.app import create_app
+from service.config import load_settings
 from service.db.tables import items, ratings, users
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +38,15 @@ def test_import_ml100k(database_url: str, engine: Engine, ml100k_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert "imported 100000 ratings" in result.stdout
     assert counts(engine) == (100_000, 943, 1_682)
+    assert "loaded the metadata of 1682 items and 943 users" in result.stdout
+    settings = load_settings(database_url=database_url)
+    with TestClient(create_app(settings)) as client:
+        movie = client.get("/items/50").json()
+        assert movie["title"] == "Star Wars"
+        assert movie["tags"] == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
+        assert movie["attributes"] == {"year": 1977}
+        user = client.get("/users/1").json()
+        assert user["attributes"] == {"age": 24, "gender": "M", "occupation": "technician"}
 
 
 def test_movielens_csv(database_url: str, engine: Engine, tmp_path: Path) -> None:

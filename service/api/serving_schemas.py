@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.db.tables import EXTERNAL_ID_LENGTH
 
 ExternalId = Annotated[str, Field(min_length=1, max_length=EXTERNAL_ID_LENGTH)]
-Source = Literal["model", "foldin", "popular"]
+Source = Literal["model", "foldin", "features", "popular"]
 
 
 class HistoryEntry(BaseModel):
@@ -77,8 +77,9 @@ class RecommendationOut(BaseModel):
     user: str | None = Field(description="null for an anonymous history")
     model_version: int
     source: Source = Field(
-        description='"model" (stored embedding), "foldin" (current history folded in) or '
-        '"popular" (fallback: no usable history)'
+        description='"model" (stored embedding), "foldin" (current history folded in), '
+        '"features" (a user without ratings, from their attributes, by a feature-aware model) '
+        'or "popular" (fallback: no usable history)'
     )
     items: list[ScoredItem]
 

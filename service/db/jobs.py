@@ -57,6 +57,14 @@ class JobRequester(StrEnum):
     SCHEDULE = "schedule"
 
 
+class JobPhase(StrEnum):
+    """What a running job is training: the model on the training slice (evaluated and gated),
+    then the same config on the whole snapshot (the model that is published)."""
+
+    TRAINING = "training"
+    REFIT = "refit"
+
+
 @dataclass(frozen=True)
 class JobProgress:
     """Where a running job's training stands: the progress columns of its row, as one value."""
@@ -67,6 +75,8 @@ class JobProgress:
     elapsed_s: float | None
     eta_s: float | None
     """Estimated seconds of training left, from the mean epoch time so far."""
+    phase: str | None = None
+    """"training" (on the training slice) or "refit" (on the whole snapshot)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -97,6 +107,8 @@ class TrainingJob(Base):
     elapsed_s: Mapped[float | None] = mapped_column(Float)
     eta_s: Mapped[float | None] = mapped_column(Float)
     """Estimated seconds of training left, from the mean epoch time so far."""
+    phase: Mapped[str | None] = mapped_column(String(16))
+    """The `JobPhase` the progress columns describe."""
     metrics: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     snapshot: Mapped[dict[str, Any] | None]
@@ -112,7 +124,7 @@ class TrainingJob(Base):
     """The model version this job published (no foreign key: versions refer to their job)."""
 
     progress: Mapped[JobProgress] = composite(
-        JobProgress, "epoch", "epochs", "loss", "elapsed_s", "eta_s"
+        JobProgress, "epoch", "epochs", "loss", "elapsed_s", "eta_s", "phase"
     )
     """The progress columns as one value."""
 
@@ -271,6 +283,7 @@ def record_progress(
     epochs: int,
     loss: float,
     elapsed_s: float,
+    phase: JobPhase = JobPhase.TRAINING,
     now: datetime | None = None,
 ) -> HeartbeatState:
     """Store an epoch's progress (and an ETA from the mean epoch time); also a heartbeat."""
@@ -285,6 +298,7 @@ def record_progress(
             loss=loss if math.isfinite(loss) else None,
             elapsed_s=elapsed_s,
             eta_s=eta,
+            phase=phase,
             heartbeat_at=now or utcnow(),
         ),
     )

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine, func, select
 
+from service.db.feature_snapshot import SnapshotFeatures, read_snapshot_features
 from service.db.tables import items, ratings, users
 
 CHUNK_ROWS = 50_000
@@ -37,6 +38,8 @@ class RatingsSnapshot:
     taken_at: datetime
     newest_rating_at: datetime | None
     stored_until: datetime | None
+    features: SnapshotFeatures | None = None
+    """Users' and items' side information, when asked for (`with_features`)."""
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -52,10 +55,12 @@ def read_ratings_snapshot(
     *,
     chunk_rows: int = CHUNK_ROWS,
     on_chunk: Callable[[int], None] | None = None,
+    with_features: bool = False,
 ) -> RatingsSnapshot:
     """Read every rating with its user and item ids in one consistent read transaction.
 
-    `on_chunk` is called with the running row count after each chunk (e.g. to heartbeat).
+    `on_chunk` is called with the running row count after each chunk (e.g. to heartbeat);
+    `with_features` also reads tags and attributes (`feature_snapshot`) in the same transaction.
     """
     connection = engine.connect()
     if engine.dialect.name == "postgresql":
@@ -73,6 +78,7 @@ def read_ratings_snapshot(
         ).all()
         user_keys = np.fromiter((r[0] for r in user_rows), dtype=np.int64, count=len(user_rows))
         item_keys = np.fromiter((r[0] for r in item_rows), dtype=np.int64, count=len(item_rows))
+        features = read_snapshot_features(connection) if with_features else None
 
         user_parts: list[npt.NDArray[np.int64]] = []
         item_parts: list[npt.NDArray[np.int64]] = []
@@ -108,4 +114,5 @@ def read_ratings_snapshot(
         taken_at=taken_at,
         newest_rating_at=newest,
         stored_until=stored_until,
+        features=features,
     )

@@ -1,4 +1,5 @@
-"""Database tables: users and items with external string ids, and their ratings."""
+"""Database tables: users and items with external string ids, their ratings, and users'
+attributes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from sqlalchemy import (
     Dialect,
     Enum,
     Float,
-    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -118,12 +118,12 @@ class Rating(Base):
     __tablename__ = "ratings"
 
     # (user_id, item_id) is the key and also the by-user index the recommend path reads.
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
-    item_id: Mapped[int] = mapped_column(
-        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign keys (their per-row checks dominated bulk writes): the rating writers create
+    # or find, and on PostgreSQL lock, the user and item in the same transaction
+    # (`db.upsert`), deleting a user deletes their ratings (`db.queries.delete_user`), and
+    # items are never deleted.
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     rating: Mapped[float | None] = mapped_column(Float)
     event_at: Mapped[datetime]
     """When the interaction happened (the client's timestamp)."""
@@ -131,6 +131,19 @@ class Rating(Base):
     """When this row was last written; the worker counts rows stored after its snapshot."""
 
 
+class UserAttributes(Base):
+    """What a user told about themselves (age, country, …): JSON strings, numbers, booleans."""
+
+    __tablename__ = "user_attributes"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    attributes: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(index=True)
+
+
 users = cast(Table, User.__table__)
 items = cast(Table, Item.__table__)
 ratings = cast(Table, Rating.__table__)
+user_attributes = cast(Table, UserAttributes.__table__)

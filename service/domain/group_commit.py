@@ -2,38 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.session import transaction
-from service.db.upsert import RatingBatch, UpsertCounts, lock_group, upsert_ratings
+from service.db.upsert import RatingBatch, UpsertCounts, upsert_batches
 
 MAX_GROUP_ROWS = 20_000
 """Rows one group transaction takes at most; requests beyond wait for the next group."""
 
 
+_Waiter = Future[UpsertCounts] | asyncio.Future[UpsertCounts]
+
+
 @dataclass(slots=True)
 class _Request:
-    """One validated request waiting for its group: its outcome is set once its group ends."""
+    """One validated batch waiting for its group; `waiter` is settled once its group ends.
+
+    `loop` is the event loop of an asyncio waiter (None for a thread's future).
+    """
 
     batch: RatingBatch
     now: datetime
+    waiter: _Waiter
+    loop: asyncio.AbstractEventLoop | None = None
     counts: UpsertCounts | None = None
     error: BaseException | None = None
-    done: bool = False
 
 
 class RatingWriter:
-    """Writes validated batches; writers that arrive together are committed together.
+    """Writes validated batches in one writer thread; batches queued together commit together.
 
-    A caller blocks until the transaction holding its batch has committed (or failed), so an
-    answer still means the data is durable. Within a group the batches are upserted one after
-    another in arrival order, exactly as separate transactions in that order would be. The
-    first waiting caller leads: it writes everything queued so far while the others wait, and
-    whoever queued during that commit forms the next group.
+    A batch's future is settled only once the transaction holding it has committed (or
+    failed), so an answer still means the data is durable. A group's batches are upserted as
+    if one after another in arrival order (`upsert_batches`). While a group commits, the
+    batches that arrive queue up and form the next group.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, max_group_rows: int = MAX_GROUP_ROWS):
@@ -41,11 +50,13 @@ class RatingWriter:
         self._max_group_rows = max_group_rows
         self._condition = threading.Condition()
         self._queue: list[_Request] = []
-        self._leading = False
+        self._writing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     @property
     def queued(self) -> int:
-        """How many requests wait for a group to take them."""
+        """How many batches wait for a group to take them."""
         with self._condition:
             return len(self._queue)
 
@@ -53,35 +64,71 @@ class RatingWriter:
     def writing(self) -> bool:
         """Whether a group's transaction is under way."""
         with self._condition:
-            return self._leading
+            return self._writing
+
+    def submit(self, batch: RatingBatch, *, now: datetime) -> Future[UpsertCounts]:
+        """Queue a batch (stored all or nothing); its future holds the counts once committed."""
+        future: Future[UpsertCounts] = Future()
+        self._enqueue(_Request(batch, now, future))
+        return future
+
+    async def store(self, batch: RatingBatch, *, now: datetime) -> UpsertCounts:
+        """Store a batch and return its counts once committed, without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[UpsertCounts] = loop.create_future()
+        self._enqueue(_Request(batch, now, waiter, loop))
+        return await waiter
 
     def write(self, batch: RatingBatch, *, now: datetime) -> UpsertCounts:
-        """Store a batch (all or nothing) and return its counts once it is committed."""
-        request = _Request(batch, now)
+        """Store a batch and return its counts once committed (blocking)."""
+        return self.submit(batch, now=now).result()
+
+    def _enqueue(self, request: _Request) -> None:
+        """Queue a request for the writer thread, starting the thread at first use."""
         with self._condition:
+            if self._closed:
+                raise RuntimeError("the rating writer is closed")
             self._queue.append(request)
-            while True:
-                if request.done:
-                    break
-                if not self._leading:
-                    self._leading = True
-                    group = self._take_group()
-                    self._condition.release()
-                    try:
-                        self._write_group(group)
-                    finally:
-                        self._condition.acquire()
-                        self._leading = False
-                        self._condition.notify_all()
-                    continue
-                self._condition.wait()
-        if request.error is not None:
-            raise request.error
-        assert request.counts is not None
-        return request.counts
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mfserve-rating-writer", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        """The writer thread: take the queued batches as a group and write it, until closed."""
+        while True:
+            with self._condition:
+                while not self._queue and not self._closed:
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                group = self._take_group()
+                self._writing = True
+            try:
+                self._write_group(group)
+            except BaseException as exc:  # a bug: still answer every waiting caller
+                for request in group:
+                    if request.counts is None and request.error is None:
+                        request.error = exc
+                raise
+            finally:
+                with self._condition:
+                    self._writing = False
+                _settle(group)
 
     def _take_group(self) -> list[_Request]:
-        """The oldest queued requests, up to the row limit (at least one)."""
+        """The oldest queued batches, up to the row limit (at least one)."""
         rows = 0
         taken = 0
         for request in self._queue:
@@ -93,40 +140,58 @@ class RatingWriter:
         return group
 
     def _write_group(self, group: list[_Request]) -> None:
-        """One transaction for the group; should a write fail, each request alone instead."""
+        """One transaction for the group; should it fail, each batch alone instead."""
         try:
             self._write_together(group)
         except Exception as exc:
             if len(group) == 1:
-                self._finish(group[0], error=exc)
+                group[0].error = exc
                 return
-            # Nothing of the group was committed: give every request its own transaction,
-            # so that one request's failure cannot fail its neighbours.
+            # Nothing of the group was committed: give every batch its own transaction, so
+            # that one batch's failure cannot fail its neighbours.
             for request in group:
                 try:
                     self._write_together([request])
                 except Exception as exc:
-                    self._finish(request, error=exc)
+                    request.error = exc
 
     def _write_together(self, group: list[_Request]) -> None:
-        """Upsert the group's batches in order in one transaction, then mark them done."""
-        counts: list[UpsertCounts] = []
+        """Upsert the group's batches in one transaction; record their counts once committed."""
         with transaction(self._sessions) as session:
-            if len(group) > 1:
-                lock_group(session, [request.batch for request in group], now=group[0].now)
-            for request in group:
-                counts.append(upsert_ratings(session, request.batch, now=request.now))
+            counts = upsert_batches(
+                session.connection(),
+                [request.batch for request in group],
+                [request.now for request in group],
+            )
         for request, request_counts in zip(group, counts, strict=True):
-            self._finish(request, counts=request_counts)
+            request.counts = request_counts
 
-    def _finish(
-        self,
-        request: _Request,
-        *,
-        counts: UpsertCounts | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        """Record a request's outcome (counts or error); its caller returns it once woken."""
-        request.counts = counts
-        request.error = error
-        request.done = True
+
+def _settle(group: list[_Request]) -> None:
+    """Hand each request its outcome: one call into each event loop for all of its waiters."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+    for request in group:
+        if request.loop is None:
+            _settle_one(request)
+        else:
+            by_loop.setdefault(request.loop, []).append(request)
+    for loop, requests in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_settle_all, requests)
+
+
+def _settle_all(requests: list[_Request]) -> None:
+    """Settle the waiters of one event loop (called in that loop)."""
+    for request in requests:
+        _settle_one(request)
+
+
+def _settle_one(request: _Request) -> None:
+    """Set the waiter's result or error, unless its caller gave up waiting (cancelled)."""
+    waiter = request.waiter
+    if waiter.cancelled():
+        return
+    if request.error is not None:
+        waiter.set_exception(request.error)
+    else:
+        waiter.set_result(request.counts)  # type: ignore[arg-type]

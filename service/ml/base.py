@@ -42,6 +42,9 @@ class TrainingProgress:
     epochs: int
     loss: float
     elapsed_s: float
+    validation_rmse: float | None = None
+    """RMSE on the validation slice after this epoch, where the model measures it (early
+    stopping of explicit models); None otherwise."""
 
 
 ProgressCallback = Callable[[TrainingProgress], None]
@@ -76,6 +79,9 @@ class Recommender(ABC, Generic[ConfigT]):
     config_type: ClassVar[type[BaseModel]]
     explicit: ClassVar[bool] = False
     """True when scores are predicted ratings (explicit feedback models)."""
+    uses_features: ClassVar[bool] = False
+    """True when `fit` reads `Interactions.features` and the model scores users and items
+    outside its training data from their attributes and tags (cold start)."""
 
     def __init__(self, config: ConfigT | None = None) -> None:
         self.config: ConfigT = config if config is not None else self.config_type()  # type: ignore[assignment]

@@ -49,6 +49,26 @@ class FeatureData:
     item_attributes: Mapping[str, Attributes] = field(default_factory=dict)
     """Item id -> attributes (year, language, …)."""
 
+    @classmethod
+    def of(
+        cls,
+        user_attributes: Mapping[str, Mapping[str, object]],
+        item_tags: Mapping[str, Sequence[str]],
+        item_attributes: Mapping[str, Mapping[str, object]],
+    ) -> FeatureData:
+        """From stored JSON: attribute values that are not strings, numbers or booleans (null,
+        lists, objects) are left out."""
+        return cls(
+            user_attributes={k: scalar_attributes(v) for k, v in user_attributes.items()},
+            item_tags=item_tags,
+            item_attributes={k: scalar_attributes(v) for k, v in item_attributes.items()},
+        )
+
+
+def scalar_attributes(attributes: Mapping[str, object]) -> dict[str, Scalar]:
+    """The attributes whose values are strings, numbers or booleans."""
+    return {k: v for k, v in attributes.items() if isinstance(v, str | int | float | bool)}
+
 
 class FeatureSelection(BaseModel):
     """Which side features a model uses and how numbers are encoded."""

@@ -23,7 +23,7 @@ import torch
 from service.ml.data import IndexArray
 
 if TYPE_CHECKING:
-    from service.ml.base import Recommender
+    from service.ml.base import ItemParameters, Recommender
 
 NEG_INF = float("-inf")
 
@@ -57,6 +57,18 @@ class ItemTable:
         target = model.device if device is None else device
         with torch.inference_mode():
             params = model.item_parameters()
+        return cls.of_parameters(params, model.transform_scores, target)
+
+    @classmethod
+    def of_parameters(
+        cls,
+        params: ItemParameters,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+    ) -> ItemTable:
+        """Copy item parameters (a model's, or more rows than it was trained on) to `device`."""
+        target = device
+        with torch.inference_mode():
             factors = params.factors.detach().to(device=target, dtype=torch.float32).contiguous()
             offsets = (
                 params.bias.detach().to(device=target, dtype=torch.float32) + params.global_bias
@@ -72,7 +84,7 @@ class ItemTable:
             offsets=offsets,
             normalized=normalized,
             normalized_t=None if normalized is None else normalized.T.contiguous(),
-            transform=model.transform_scores,
+            transform=transform,
             device=target,
         )
 

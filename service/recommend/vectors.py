@@ -4,6 +4,8 @@
   change since the model's data snapshot (`MFSERVE_USER_EMBEDDINGS=auto`, the default);
 - "foldin": the user's current history (or the request's history) folded into the model's
   factor space on the fly;
+- "features": a user without usable ratings placed by their attributes, by a feature-aware
+  model (`cold`);
 - "popular": the popularity fallback, when there is no usable history.
 """
 
@@ -18,6 +20,7 @@ import torch
 
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, ValueArray
+from service.recommend.cold import attribute_fold_in, attribute_vector
 from service.recommend.context import ServingContext
 from service.registry import ModelView, UserProfile
 
@@ -91,15 +94,31 @@ def user_vector(context: ServingContext, user: str, profile: UserProfile | None)
         embedding, bias = context.tables.user_vector(stored)
         return Vector("model", embedding, bias, rated_db=rated_db)
     if profile is None:
-        return Vector("popular", rated_db=rated_db)
+        return _without_history(context, user, rated_db)
     changed = context.serving.profiles.changed
     kept: Vector | None = changed.folded(user, profile.history_version, primary.model)
     if kept is not None:
         return kept
-    vector = history_vector(primary, primary.index.model_indices(rated_db), profile.ratings)
+    indices = primary.index.model_indices(rated_db)
+    placed = attribute_fold_in(context, user, indices, profile.ratings)
+    if placed is not None:
+        vector = Vector("foldin", *placed)
+    else:
+        vector = history_vector(primary, indices, profile.ratings)
+    if vector.source == "popular" and context.tables.features is not None:
+        # not kept: the user's attributes may arrive or change while their history does not
+        return _without_history(context, user, rated_db)
     vector.rated_db = rated_db
     changed.keep_folded(user, profile.history_version, primary.model, vector)
     return vector
+
+
+def _without_history(context: ServingContext, user: str, rated_db: npt.NDArray[np.int64]) -> Vector:
+    """A user without usable ratings: placed by their attributes, or the fallback."""
+    placed = attribute_vector(context, user)
+    if placed is None:
+        return Vector("popular", rated_db=rated_db)
+    return Vector("features", *placed, rated_db=rated_db)
 
 
 def history_vector(primary: ModelView, indices: IndexArray, ratings: ValueArray) -> Vector:

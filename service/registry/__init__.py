@@ -3,6 +3,7 @@ loader thread, swap one reference; poll and LISTEN wake-up; the item catalog, re
 swapped the same way."""
 
 from service.db.profiles import UserProfile
+from service.registry._features import FeatureState, feature_model
 from service.registry._lifespan import (
     NoModelError,
     fetch_active_version,
@@ -15,6 +16,7 @@ from service.registry._loader import ModelRegistry, ServedModel, TableBuilder, V
 from service.registry._tables import ItemIndex, ModelView, ServingTables, UserStates, build_tables
 
 __all__ = [
+    "FeatureState",
     "ItemIndex",
     "ModelRegistry",
     "ModelView",
@@ -26,6 +28,7 @@ __all__ = [
     "UserStates",
     "VersionRecord",
     "build_tables",
+    "feature_model",
     "fetch_active_version",
     "freeze_long_lived_objects",
     "model_registry",

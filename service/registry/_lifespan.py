@@ -30,6 +30,7 @@ from service.db.serving_reads import read_histories
 from service.db.session import transaction
 from service.db.versions import ModelVersion, get_active_version
 from service.errors import ServiceUnavailableError
+from service.registry._features import features_current, with_features
 from service.registry._loader import ModelRegistry, ServedModel, TableBuilder
 from service.registry._tables import build_tables
 
@@ -79,6 +80,8 @@ def table_builder(engine: Engine, device: torch.device) -> TableBuilder:
             served.model, served.fallback, served.snapshot, rows, histories, device
         )
         del histories
+        with engine.connect() as connection:
+            tables = with_features(tables, connection)
         built = replace(served, tables=tables)
         freeze_long_lived_objects()
         return built
@@ -87,17 +90,21 @@ def table_builder(engine: Engine, device: torch.device) -> TableBuilder:
 
 
 def catalog_update(engine: Engine) -> Callable[[ServedModel], ServedModel | None]:
-    """A served version joined with the current item catalog, or None when it is unchanged."""
+    """A served version joined with the current item catalog (and, for feature-aware models,
+    cold items and users' attributes), or None when nothing changed."""
 
     def update(served: ServedModel) -> ServedModel | None:
         tables = served.tables
         if tables is None:
             return None
         with engine.connect() as connection:
-            if items_fingerprint(connection) == tables.catalog.fingerprint:
+            if items_fingerprint(connection) == tables.catalog.fingerprint and features_current(
+                tables, connection
+            ):
                 return None
             rows = read_item_rows(connection)
-        return replace(served, tables=tables.with_catalog(rows))
+            tables = with_features(tables.with_catalog(rows), connection)
+        return replace(served, tables=tables)
 
     return update
 

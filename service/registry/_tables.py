@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,9 @@ from service.ml.artifacts import SnapshotInfo
 from service.ml.base import Recommender
 from service.ml.data import IndexArray, Vocabulary
 from service.ml.ranking import ItemTable
+
+if TYPE_CHECKING:
+    from service.registry._features import FeatureState
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ class ServingTables:
     user_factors: torch.Tensor
     """(n_users, k) stored user embeddings on the serving device."""
     user_biases: list[float]
+    features: FeatureState | None = None
+    """Cold items and users' attributes of a feature-aware model (`_features`)."""
 
     def user_vector(self, index: int) -> tuple[torch.Tensor, float]:
         """A trained user's stored embedding (k,) and bias."""

@@ -23,6 +23,7 @@ from service.db.session import (
 from service.db.upsert import RatingBatch, UpsertCounts, upsert_ratings
 from service.domain.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
 from service.tools.datasets import DatasetError, fetch_ml100k
+from service.tools.movielens_metadata import import_ml100k_metadata
 
 
 class ImportFailedError(RuntimeError):
@@ -281,6 +282,7 @@ def run_import_command(
             skip_invalid=skip_invalid,
             progress=progress,
         )
+        described = import_ml100k_metadata(settings) if dataset else None
     except (
         ImportFailedError,
         SchemaNotCurrentError,
@@ -296,4 +298,6 @@ def run_import_command(
         f"{report.updated} updated, {report.ignored} ignored, {report.skipped} invalid skipped; "
         f"{report.seconds:.2f} s, {rate:,.0f} ratings/s"
     )
+    if described is not None:
+        print(f"loaded the metadata of {described[0]} items and {described[1]} users")
     return 0

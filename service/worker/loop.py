@@ -28,8 +28,8 @@ import numpy as np
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.db import jobs, schedule, versions
-from service.db.jobs import JobRequester, JobStatus, TrainingJob
+from service.db import curves, jobs, schedule, versions
+from service.db.jobs import JobPhase, JobRequester, JobStatus, TrainingJob
 from service.db.migrations import SchemaNotCurrentError, check_schema
 from service.db.session import create_db_engine, make_sessionmaker, transaction
 from service.db.snapshot import RatingsSnapshot, read_ratings_snapshot
@@ -37,11 +37,14 @@ from service.db.versions import ModelVersion
 from service.domain.training import default_model_problem
 from service.ml.artifacts import SnapshotInfo
 from service.ml.base import TrainingProgress
+from service.ml.catalog import create_model
 from service.ml.device import configure_threads
+from service.ml.features import FeatureData
 from service.worker.heartbeat import Heartbeat
 from service.worker.pipeline import (
     InsufficientDataError,
     RatingsData,
+    refit,
     train_and_evaluate,
     write_model_artifact,
 )
@@ -209,7 +212,7 @@ class Worker:
             log.warning("job %d was no longer ours to finish as %s", job_id, status)
 
     def _progress_callback(
-        self, job_id: int, beat: Heartbeat
+        self, job_id: int, beat: Heartbeat, phase: JobPhase = JobPhase.TRAINING
     ) -> Callable[[TrainingProgress], None]:
         def progress(report: TrainingProgress) -> None:
             with transaction(self.write_sessions) as session:
@@ -221,7 +224,19 @@ class Worker:
                     epochs=report.epochs,
                     loss=report.loss,
                     elapsed_s=report.elapsed_s,
+                    phase=phase,
                 )
+                if state.owned:  # the curve stays viewable after the job ends
+                    curves.record_point(
+                        session,
+                        job_id,
+                        epoch=report.epoch,
+                        epochs=report.epochs,
+                        loss=report.loss,
+                        elapsed_s=report.elapsed_s,
+                        validation_rmse=report.validation_rmse,
+                        phase=phase,
+                    )
             self._check(state.owned and not beat.lost.is_set(), state.cancel_requested, beat)
 
         return progress
@@ -257,11 +272,15 @@ class Worker:
 
     def _run_job(self, job: TrainingJob, beat: Heartbeat) -> None:
         settings = self.settings
-        snapshot = read_ratings_snapshot(self.engine)
+        uses_features = create_model(job.algorithm, job.config).uses_features
+        snapshot = read_ratings_snapshot(self.engine, with_features=uses_features)
         info = snapshot_info(snapshot)
         with transaction(self.write_sessions) as session:
+            summary = info.summary()
+            if snapshot.features is not None:
+                summary.update(snapshot.features.summary())
             state = jobs.record_snapshot(
-                session, job.job_id, self.worker_id, info.summary(), snapshot.stored_until
+                session, job.job_id, self.worker_id, summary, snapshot.stored_until
             )
         self._check(state.owned, state.cancel_requested, beat)
         data = RatingsData(
@@ -271,6 +290,13 @@ class Worker:
             user_ids=snapshot.user_ids,
             item_ids=snapshot.item_ids,
             info=info,
+            features=None
+            if snapshot.features is None
+            else FeatureData.of(
+                snapshot.features.user_attributes,
+                snapshot.features.item_tags,
+                snapshot.features.item_attributes,
+            ),
         )
         outcome = train_and_evaluate(
             job.algorithm,
@@ -292,6 +318,12 @@ class Worker:
                 error=f"sanity gate failed: {outcome.gate.reason}",
             )
             return
+        if settings.refit_on_snapshot:
+            outcome = refit(
+                outcome, data, progress=self._progress_callback(job.job_id, beat, JobPhase.REFIT)
+            )
+            self._check(not beat.lost.is_set(), False, beat)
+            report = outcome.report()
         artifact = write_model_artifact(outcome, self.artifact_dir, info, job.job_id)
         new = ModelVersion(
             algorithm=job.algorithm,

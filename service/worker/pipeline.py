@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from service.ml.artifacts import ArtifactInfo, SnapshotInfo, write_artifact
 from service.ml.base import ProgressCallback, Recommender
 from service.ml.catalog import create_model
 from service.ml.data import IndexArray, Interactions, Vocabulary
+from service.ml.features import FeatureData
 from service.ml.metrics import (
     RANKING_K,
     evaluate_ranking,
@@ -63,6 +64,8 @@ class RatingsData:
     user_ids: list[str]
     item_ids: list[str]
     info: SnapshotInfo
+    features: FeatureData | None = None
+    """Users' attributes and items' tags and attributes, for feature-aware models."""
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -149,6 +152,7 @@ def build_interactions(data: RatingsData, explicit: bool) -> Interactions:
         values=None if no_values else values.astype(np.float32),
         user_ids=Vocabulary([data.user_ids[int(i)] for i in user_index]),
         item_ids=Vocabulary([data.item_ids[int(i)] for i in item_index]),
+        features=data.features,
     )
 
 
@@ -302,6 +306,49 @@ def train_and_evaluate(
         n_validation=len(validation),
         train_seconds=train_seconds,
         device=str(model.device),
+    )
+
+
+def refit_config(model: Recommender[Any]) -> dict[str, Any]:
+    """The config to refit a gated model with on the whole snapshot: its own, with `epochs` set
+    to the best validation epoch where early stopping ended training sooner."""
+    config: dict[str, Any] = model.config.model_dump(mode="json")
+    best = getattr(model, "best_epoch", None)
+    if isinstance(best, int) and 0 < best < int(config.get("epochs", 0)):
+        config["epochs"] = best
+    return config
+
+
+def refit(
+    outcome: TrainingOutcome,
+    data: RatingsData,
+    *,
+    progress: ProgressCallback | None = None,
+) -> TrainingOutcome:
+    """The outcome with its model refitted on every usable rating of the snapshot (same
+    algorithm and seed; `refit_config`): the validation metrics stay those of the gated fit.
+
+    The refitted model is what `mfserve train` fits offline on the same data with the same
+    config, so the two score alike.
+    """
+    interactions = build_interactions(data, outcome.model.explicit)
+    model = create_model(outcome.model.name, refit_config(outcome.model))
+    started = time.perf_counter()
+    model.fit(interactions, progress=progress)
+    seconds = time.perf_counter() - started
+    baseline = model
+    if outcome.baseline is not outcome.model:
+        baseline = create_model(BASELINE_ALGORITHM, {})
+        baseline.fit(interactions)
+    refitted = {"n_ratings": len(interactions), "seconds": round(seconds, 3)}
+    if not parameters_finite(model):
+        raise ValueError("the refitted model has non-finite parameters (NaN or infinity)")
+    return replace(
+        outcome,
+        model=model,
+        baseline=baseline,
+        device=str(model.device),
+        extra={**outcome.extra, "refit": refitted},
     )
 
 

@@ -200,6 +200,16 @@ def test_items_put_get_and_list(api: Client) -> None:
     assert caught.value.errors[0].field is not None
 
 
+def test_user_attributes_put_and_get(api: Client) -> None:
+    stored = api.put_user("attr-user", {"age": 41, "country": "DE", "pro": False})
+    assert stored.attributes == {"age": 41, "country": "DE", "pro": False}
+    assert api.get_user("attr-user").attributes == stored.attributes
+    with pytest.raises(InvalidInputError):
+        api.put_user("attr-user", {"nested": {"no": 1}})
+    with pytest.raises(NotFoundError):
+        api.get_user("never-seen")
+
+
 def test_a_body_over_the_limit_is_payload_too_large(api: Client) -> None:
     with pytest.raises(PayloadTooLargeError) as caught:
         api.put_item("d8-big", attributes={"blob": "x" * 400_000})
@@ -311,6 +321,8 @@ def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProc
         calls.put_item("i", None, (), None),
         calls.get_item("i"),
         calls.items_page(10, None),
+        calls.put_user("u", None),
+        calls.get_user("u"),
         calls.recommend("u", 10, True, (), ()),
         calls.recommend_history([], 10, True, (), ()),
         calls.recommend_batch(["u"], 10, True, (), ()),
@@ -335,7 +347,7 @@ def test_every_operation_of_the_openapi_document_has_a_call(data_server: ApiProc
 
     missing = sorted(op for op in operations if not covered(*op))
     assert not missing, f"operations without a client call: {missing}"
-    assert len(operations) == 23
+    assert len(operations) == 25
 
 
 async def _async_data_calls(base_url: str) -> None:

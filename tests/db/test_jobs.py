@@ -129,6 +129,7 @@ def test_heartbeat_progress_and_cancel_of_a_running_job(writes: sessionmaker[Ses
             "loss": 0.5,
             "elapsed_s": 4.0,
             "eta_s": 12.0,
+            "phase": "training",
         }
         cancelled = jobs.request_cancel(session, job_id)
         assert cancelled.status == "running"

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from service.db.session import make_sessionmaker, transaction
 from service.db.tables import items, ratings, users
-from service.db.upsert import RatingBatch, UpsertCounts, upsert_ratings
+from service.db.upsert import RatingBatch, UpsertCounts, upsert_batches, upsert_ratings
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -123,3 +123,38 @@ def test_concurrent_overlapping_batches_lose_and_duplicate_nothing(engine: Engin
     with engine.connect() as connection:
         assert len(connection.execute(select(users.c.id)).all()) == 40
         assert len(connection.execute(select(items.c.id)).all()) == 25
+
+
+def test_a_group_of_batches_stores_and_counts_as_one_after_another(engine: Engine) -> None:
+    store(engine, batch(("u", "a", 2.0, 50)))
+    group = [
+        batch(("u", "a", 3.0, 50), ("u", "b", 1.0, 10)),
+        batch(("u", "a", 4.0, 40), ("v", "c", 5.0, 10), ("v", "c", 4.0, 10)),
+        batch(("u", "b", 2.0, 10), ("v", "c", 1.0, 5)),
+    ]
+    now = datetime.now(UTC)
+    with transaction(make_sessionmaker(engine, write=True)) as session:
+        counts = upsert_batches(session.connection(), group, [now] * len(group))
+    assert counts == [
+        UpsertCounts(1, 1, 0),  # (u, a): equal time replaces; (u, b) new
+        UpsertCounts(1, 0, 2),  # (u, a) older: ignored; (v, c): the later duplicate wins
+        UpsertCounts(0, 1, 1),  # (u, b) equal to the first batch's: replaces; (v, c) older
+    ]
+    assert stored(engine) == {
+        ("u", "a"): (3.0, T0 + timedelta(seconds=50)),
+        ("u", "b"): (2.0, T0 + timedelta(seconds=10)),
+        ("v", "c"): (4.0, T0 + timedelta(seconds=10)),
+    }
+    assert history(engine, "u") == 2
+    assert history(engine, "v") == 1
+
+
+def test_a_group_that_changes_nothing_touches_no_history(engine: Engine) -> None:
+    store(engine, batch(("u", "a", 2.0, 50)))
+    now = datetime.now(UTC)
+    with transaction(make_sessionmaker(engine, write=True)) as session:
+        counts = upsert_batches(
+            session.connection(), [batch(("u", "a", 1.0, 1)), batch(("u", "a", 1.0, 2))], [now] * 2
+        )
+    assert counts == [UpsertCounts(0, 0, 1), UpsertCounts(0, 0, 1)]
+    assert history(engine, "u") == 1

@@ -42,6 +42,7 @@ from mfserve_client.models import (
     Scores,
     Similar,
     Snapshot,
+    UserAttributes,
     UserRating,
 )
 from mfserve_client.pagination import AsyncPager, Pager
@@ -92,5 +93,6 @@ __all__ = [
     "Similar",
     "Snapshot",
     "UnexpectedReplyError",
+    "UserAttributes",
     "UserRating",
 ]

@@ -27,6 +27,7 @@ from mfserve_client.models import (
     Recommendation,
     Scores,
     Similar,
+    UserAttributes,
     UserRating,
 )
 
@@ -136,6 +137,19 @@ def get_item(item: str) -> Call[Item]:
 def items_page(limit: int, cursor: str | None) -> Call[Page[Item]]:
     """`GET /items`: one page."""
     return Call("GET", "/items", _model(Page[Item]), _page_params(limit, cursor), idempotent=True)
+
+
+def put_user(user: str, attributes: Mapping[str, Any] | None) -> Call[UserAttributes]:
+    """`PUT /users/{user}`: replaces all of the user's attributes."""
+    body = {"attributes": dict(attributes or {})}
+    path = f"/users/{segment(user, 'user')}"
+    return Call("PUT", path, _model(UserAttributes), body=body, idempotent=True)
+
+
+def get_user(user: str) -> Call[UserAttributes]:
+    """`GET /users/{user}`."""
+    path = f"/users/{segment(user, 'user')}"
+    return Call("GET", path, _model(UserAttributes), idempotent=True)
 
 
 # serving

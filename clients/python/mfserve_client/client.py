@@ -27,6 +27,7 @@ from mfserve_client.models import (
     Recommendation,
     Scores,
     Similar,
+    UserAttributes,
     UserRating,
 )
 from mfserve_client.options import ClientOptions
@@ -146,6 +147,14 @@ class Client:
         """Every item in a stable order, fetched page by page while iterating."""
         limit = page_size or self.options.page_size
         return Pager(lambda c: self._send(calls.items_page(limit, c)), cursor)
+
+    def put_user(self, user: str, attributes: Mapping[str, Any] | None = None) -> UserAttributes:
+        """Create a user or replace all of their attributes (strings, numbers, booleans)."""
+        return self._send(calls.put_user(user, attributes))
+
+    def get_user(self, user: str) -> UserAttributes:
+        """A user's attributes (`NotFoundError` for an unknown user)."""
+        return self._send(calls.get_user(user))
 
     # serving
 

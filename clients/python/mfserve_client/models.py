@@ -61,9 +61,17 @@ class Item(Reply):
     updated_at: datetime
 
 
+class UserAttributes(Reply):
+    """A user's attributes (strings, numbers, booleans by name)."""
+
+    user: str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    updated_at: datetime | None = None
+
+
 # serving
 
-Source = Literal["model", "foldin", "popular"]
+Source = Literal["model", "foldin", "features", "popular"]
 
 
 class ScoredItem(Reply):
@@ -188,6 +196,8 @@ class Progress(Reply):
     loss: float | None = None
     elapsed_s: float | None = None
     eta_s: float | None = None
+    phase: str | None = None
+    """"training" (on the training slice), then "refit" (on the whole snapshot)."""
 
 
 class Job(Reply):

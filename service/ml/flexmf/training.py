@@ -39,12 +39,13 @@ def train_epochs(
     stale = 0
     for epoch in range(epochs):
         losses.append(run_epoch())
+        # validated before the report, so that the report carries the epoch's validation RMSE
+        error = None if validate is None else validate()
         if progress is not None:
             elapsed = time.perf_counter() - start
-            progress(TrainingProgress(epoch + 1, epochs, losses[-1], elapsed))
-        if validate is None:
+            progress(TrainingProgress(epoch + 1, epochs, losses[-1], elapsed, error))
+        if error is None:
             continue
-        error = validate()
         if error < best_error:
             best_error, stale, best_epoch = error, 0, epoch + 1
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -57,7 +58,7 @@ def train_epochs(
     return losses, best_epoch
 
 
-"""Returns a validation error (lower is better) of the current parameters."""
+"""Returns the validation RMSE (lower is better) of the current parameters."""
 
 
 Optimizer = torch.optim.Optimizer | RowSparseAdam

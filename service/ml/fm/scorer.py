@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +63,8 @@ def implicit_rows(csr: CSR) -> SparseRows:
 
 class FMScorer(Recommender[ConfigT], ABC):
     """Holds a trained factorization machine and serves it in the shared factor form."""
+
+    uses_features: ClassVar[bool] = True
 
     def __init__(self, config: ConfigT | None = None) -> None:
         super().__init__(config)

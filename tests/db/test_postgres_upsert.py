@@ -1,15 +1,13 @@
-"""PostgreSQL's COPY path of large batches: same rules as the array path, foreign keys kept."""
+"""PostgreSQL's COPY path of large writes: the same rules as the array path, no orphans."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from service.db.copy_upsert import COPY_MIN_ROWS, copy_upsert_ratings
-from service.db.session import make_sessionmaker, transaction
+from service.db.postgres_upsert import COPY_MIN_ROWS
 from service.db.tables import ratings
 from service.db.upsert import UpsertCounts
 from tests.db.test_upsert import T0, batch, history, store, stored
@@ -55,14 +53,3 @@ def test_every_copied_rating_has_its_user_and_item(pg_engine: Engine) -> None:
     with pg_engine.connect() as connection:
         assert connection.execute(orphans).scalar_one() == 0
         assert connection.execute(select(func.count()).select_from(ratings)).scalar_one() > 4_000
-
-
-def test_copy_refuses_a_rating_of_an_unknown_user(pg_engine: Engine) -> None:
-    now = datetime.now(UTC)
-    with (
-        pytest.raises(psycopg.errors.ForeignKeyViolation),
-        transaction(make_sessionmaker(pg_engine, write=True)) as session,
-    ):
-        copy_upsert_ratings(session.connection(), [(987_654, 1, 1.0, now)], now)
-    with pg_engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(ratings)).scalar_one() == 0
