@@ -134,7 +134,8 @@ def cholesky_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         return solution.squeeze(-1)
     # two triangular solves run several times faster on CPU than batched `cholesky_solve`
     lower = torch.linalg.solve_triangular(factor, rhs.unsqueeze(-1), upper=False)
-    return torch.linalg.solve_triangular(factor.mT, lower, upper=True).squeeze(-1)
+    exact: torch.Tensor = torch.linalg.solve_triangular(factor.mT, lower, upper=True)
+    return exact.squeeze(-1)
 
 
 def gram(gathered: torch.Tensor) -> torch.Tensor:
