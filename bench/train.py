@@ -77,6 +77,10 @@ PEER_OF: dict[str, tuple[str, ...]] = {
 EXPLICIT = {"als-biased", "flexmf-explicit", "lenskit-biasedmf", "lenskit-flexmf-explicit"}
 SYNTHETIC = {"1m": (1_000_000, 20_000, 8_000), "5m": (5_000_000, 100_000, 25_000)}
 """Size name → (interactions, users, items)."""
+TASTE_SYNTHETIC = {"25m": (25_000_000, 250_000, 50_000)}
+"""Size name → (interactions, users, items) of the taste-structured generator."""
+GENRES = 40
+"""Latent genres of the taste-structured generator."""
 FACTORS = 64
 
 
@@ -109,10 +113,73 @@ def synthetic(n: int, n_users: int, n_items: int, seed: int) -> Interactions:
     )
 
 
+def taste_synthetic(n: int, n_users: int, n_items: int, seed: int) -> Interactions:
+    """Unique pairs where users pick items by taste: each item has a genre and a power-law
+    popularity within it, each user a few favourite genres; 80% of a user's picks come from
+    their genres, the rest from overall popularity. Ratings favour the user's own genres."""
+    rng = np.random.default_rng(seed)
+    item_genre = rng.integers(0, GENRES, n_items)
+    popularity = 1.0 / rng.permutation(np.arange(1, n_items + 1)) ** 0.9
+    # items of each genre, most popular first, with their cumulative popularity per genre
+    by_genre = np.lexsort((-popularity, item_genre))
+    genre_start = np.searchsorted(item_genre[by_genre], np.arange(GENRES + 1))
+    cumulative = np.zeros(n_items)
+    for g in range(GENRES):
+        part = popularity[by_genre[genre_start[g] : genre_start[g + 1]]]
+        cumulative[genre_start[g] : genre_start[g + 1]] = np.cumsum(part) / part.sum()
+    favourites = rng.integers(0, GENRES, (n_users, 3))
+    favourite_weight = rng.dirichlet(np.ones(3), n_users).cumsum(axis=1)
+    activity = rng.lognormal(mean=0.0, sigma=1.0, size=n_users)
+    activity /= activity.sum()
+    overall = popularity / popularity.sum()
+    codes = np.zeros(0, dtype=np.int64)
+    new_per_draw = 0.7
+    while codes.shape[0] < n:
+        # heavy users repeat their genres' items, so draw for the last round's yield of new pairs
+        draw = int((n - codes.shape[0]) / max(new_per_draw, 0.05) * 1.1) + 1000
+        users = rng.choice(n_users, size=draw, p=activity)
+        slot = (rng.random(draw)[:, None] > favourite_weight[users]).sum(axis=1).clip(max=2)
+        genre = favourites[users, slot]
+        start, stop = genre_start[genre], genre_start[genre + 1]
+        position = start + cumulative_rank(cumulative, start, stop, rng.random(draw))
+        items = by_genre[np.minimum(position, stop - 1)]
+        popular = rng.random(draw) < 0.2
+        items[popular] = rng.choice(n_items, size=int(popular.sum()), p=overall)
+        before = codes.shape[0]
+        codes = np.unique(np.concatenate([codes, users * n_items + items]))
+        new_per_draw = (codes.shape[0] - before) / draw
+    codes = rng.permutation(codes)[:n]
+    users, items = codes // n_items, codes % n_items
+    match = (favourites[users] == item_genre[items][:, None]).any(axis=1)
+    raw = 3.0 + 1.0 * match + rng.normal(scale=0.8, size=n)
+    return Interactions(
+        users=users.astype(np.int64),
+        items=items.astype(np.int64),
+        values=np.clip(np.round(raw), 1, 5).astype(np.float32),
+        user_ids=Vocabulary([f"u{i}" for i in range(n_users)]),
+        item_ids=Vocabulary([f"i{i}" for i in range(n_items)]),
+    )
+
+
+def cumulative_rank(
+    cumulative: np.ndarray, start: np.ndarray, stop: np.ndarray, uniform: np.ndarray
+) -> np.ndarray:
+    """Offset within [start, stop) where each uniform draw falls in that genre's cumulative
+    popularity (a vectorised inverse-CDF draw per row; genres are few, so loop over them)."""
+    offset = np.zeros(len(start), dtype=np.int64)
+    for begin in np.unique(start):
+        rows = np.flatnonzero(start == begin)
+        end = int(stop[rows[0]])
+        offset[rows] = np.searchsorted(cumulative[begin:end], uniform[rows])
+    return offset
+
+
 def dataset(size: str, seed: int) -> Interactions:
     """ML-100K (`100k`) or a synthetic set of the named size."""
     if size == "100k":
         return load_dataset("ml-100k", REPO / ".cache")
+    if size in TASTE_SYNTHETIC:
+        return taste_synthetic(*TASTE_SYNTHETIC[size], seed)
     n, n_users, n_items = SYNTHETIC[size]
     return synthetic(n, n_users, n_items, seed)
 
@@ -371,7 +438,7 @@ def feature_models_report(seed: int, threads: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run every job, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100k,1m,5m", help="comma list of 100k, 1m, 5m")
+    parser.add_argument("--sizes", default="100k,1m,5m", help="comma list of 100k, 1m, 5m, 25m")
     parser.add_argument("--models", default=",".join(OURS), help="our models to time")
     parser.add_argument("--peers", action="store_true", help="also run LensKit and implicit")
     parser.add_argument("--peer-models", default=",".join(PEERS), help="peers to run")

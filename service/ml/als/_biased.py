@@ -21,6 +21,7 @@ from service.ml.als._rows import (
     RowPlan,
     build_plan,
     cholesky_solve,
+    gather_entries,
     gather_factors,
     gram,
     row_dot,
@@ -268,9 +269,10 @@ def _solve_side(
     # with bias updates each row solves [factors, bias] against [fixed factors, 1]
     augmented = torch.cat([fixed, torch.ones_like(fixed[:, :1])], 1) if bias_updates else fixed
     extended = with_zero_row(augmented)
+    extended_bias = with_zero_row(fixed_bias)
     for chunk in plan.chunks:
         gathered = gather_factors(extended, chunk)
-        residual = chunk.values - fixed_bias[chunk.cols] * chunk.mask
+        residual = chunk.values - gather_entries(extended_bias, chunk)
         if not bias_updates:
             residual = residual - target_bias[chunk.rows].unsqueeze(1) * chunk.mask
         system = gram(gathered)

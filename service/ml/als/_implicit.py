@@ -119,6 +119,7 @@ class ImplicitALS(Recommender[ImplicitALSConfig]):
 
         def sweep() -> float:
             solve(item_side, users, items, with_loss=False)
+            # CG: the loss between the item and the user half-sweep; Cholesky: after the sweep
             loss = solve(user_side, items, users)
             loss += cfg.regularization * float((items * items).sum())
             synchronize(device)
@@ -200,7 +201,8 @@ class _SideSolver:
         target: torch.Tensor,
         with_loss: bool = True,
     ) -> float:
-        """Update `target` in place; returns the training loss but λ‖fixed‖² (0 without loss)."""
+        """Update `target` in place; returns the training loss but λ‖fixed‖² (0 without loss):
+        at the starting `target` for CG, at the solution for Cholesky."""
         k = fixed.shape[1]
         # YᵀY + λI is shared by every row: the unobserved entries' contribution at confidence 1
         base = fixed.T @ fixed + self.regularization * torch.eye(k, device=fixed.device)
@@ -223,15 +225,17 @@ class _SideSolver:
 
         # b - A x in one sparse product: Σ_j (c_j - (c_j - 1) s_j) y_j - x (YᵀY + λI)
         start_scores = side.entry_dots(target, fixed)
-        residual = side.weighted_sum(extra + 1.0 - extra * start_scores, fixed) - target @ base
-        solution = conjugate_gradient(product, residual, target, self.cg_steps)
-        target.copy_(solution)
-        if not with_loss:
-            return 0.0
-        scores = side.entry_dots(solution, fixed)
-        loss = ((solution @ base) * solution).sum().double()
-        loss += ((extra + 1.0) * (1.0 - scores) ** 2 - scores * scores).sum().double()
-        return float(loss)
+        start_base = target @ base
+        residual = side.weighted_sum(extra + 1.0 - extra * start_scores, fixed) - start_base
+        loss = 0.0
+        if with_loss:
+            # the objective at the starting `target` (after the other side's half-sweep): it
+            # reuses the start's scores, where the solution's would cost one more pass over nnz
+            total = (start_base * target).sum().double()
+            total += ((extra + 1.0) * (1.0 - start_scores).square() - start_scores.square()).sum()
+            loss = float(total)
+        target.copy_(conjugate_gradient(product, residual, target, self.cg_steps))
+        return loss
 
     def _cholesky(
         self, plan: RowPlan, fixed: torch.Tensor, target: torch.Tensor, base: torch.Tensor
