@@ -39,7 +39,7 @@ def test_import_ml100k(database_url: str, engine: Engine, ml100k_path: Path) -> 
     assert "imported 100000 ratings" in result.stdout
     assert counts(engine) == (100_000, 943, 1_682)
     assert "loaded the metadata of 1682 items and 943 users" in result.stdout
-    settings = load_settings(database_url=database_url)
+    settings = load_settings(database_url=database_url, auth="off")
     with TestClient(create_app(settings)) as client:
         movie = client.get("/items/50").json()
         assert movie["title"] == "Star Wars"

