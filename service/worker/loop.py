@@ -11,12 +11,9 @@ artifacts beyond the newest `MFSERVE_KEEP_VERSIONS` versions are deleted (never 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +21,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Engine
 
 from service.config import Settings
@@ -32,14 +28,17 @@ from service.db import curves, jobs, schedule, versions
 from service.db.jobs import JobPhase, JobRequester, JobStatus, TrainingJob
 from service.db.migrations import SchemaNotCurrentError, check_schema
 from service.db.session import create_db_engine, make_sessionmaker, transaction
-from service.db.snapshot import RatingsSnapshot, read_ratings_snapshot
+from service.db.snapshot import read_ratings_snapshot
 from service.db.versions import ModelVersion
 from service.domain.training import default_model_problem
-from service.ml.artifacts import SnapshotInfo
 from service.ml.base import TrainingProgress
 from service.ml.catalog import create_model
 from service.ml.device import configure_threads
 from service.ml.features import FeatureData
+from service.worker._job_facts import JobInterruptedError as JobInterruptedError
+from service.worker._job_facts import JobLostError as JobLostError
+from service.worker._job_facts import make_worker_id as make_worker_id
+from service.worker._job_facts import snapshot_info as snapshot_info
 from service.worker.heartbeat import Heartbeat
 from service.worker.pipeline import (
     InsufficientDataError,
@@ -60,38 +59,6 @@ SCHEDULE_MIN_GAP_S = 30.0
 
 MAX_BACKOFF_S = 60.0
 """Longest wait after consecutive failed loop steps (database unreachable)."""
-
-
-class JobInterruptedError(Exception):
-    """Raised from the progress callback to stop training; `status` is the job's end status."""
-
-    def __init__(self, status: JobStatus, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class JobLostError(Exception):
-    """Raised to stop training when the job no longer runs under this worker (it was reaped);
-    the job's row is someone else's now, so nothing is written to it."""
-
-
-def make_worker_id() -> str:
-    """A worker id unique across hosts and restarts: host, pid and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def snapshot_info(snapshot: RatingsSnapshot) -> SnapshotInfo:
-    """The snapshot's description as packed into the artifact."""
-    return SnapshotInfo(
-        taken_at=snapshot.taken_at,
-        n_ratings=len(snapshot),
-        n_users=int(np.unique(snapshot.users).shape[0]),
-        n_items=int(np.unique(snapshot.items).shape[0]),
-        newest_rating_at=snapshot.newest_rating_at,
-        stored_until=snapshot.stored_until,
-        history_versions=snapshot.history_versions,
-    )
 
 
 @dataclass
