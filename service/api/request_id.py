@@ -24,8 +24,7 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_id(scope) or uuid.uuid4().hex.encode()
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        request_id = assign_request_id(scope, _client_id(scope))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -38,5 +37,17 @@ class RequestId:
 def _client_id(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == HEADER:
-            return value if _USABLE.fullmatch(value) else None
+            return usable_client_id(value)
     return None
+
+
+def usable_client_id(value: bytes) -> bytes | None:
+    """The client's `X-Request-ID` value when it is usable as the request's id."""
+    return value if _USABLE.fullmatch(value) else None
+
+
+def assign_request_id(scope: Scope, client_id: bytes | None) -> bytes:
+    """Record the request's id (the client's, else a new one) in its state; returns it."""
+    request_id = client_id or uuid.uuid4().hex.encode()
+    scope.setdefault("state", {})["request_id"] = request_id.decode()
+    return request_id
