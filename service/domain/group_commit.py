@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,9 @@ from service.db.upsert import RatingBatch, UpsertCounts, upsert_batches
 
 MAX_GROUP_ROWS = 20_000
 """Rows one group transaction takes at most; requests beyond wait for the next group."""
+
+GATHER_SECONDS = 0.002
+"""How long the writer lets a group fill while clients write concurrently (see `_run`)."""
 
 
 _Waiter = Future[UpsertCounts] | asyncio.Future[UpsertCounts]
@@ -45,9 +49,17 @@ class RatingWriter:
     batches that arrive queue up and form the next group.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, max_group_rows: int = MAX_GROUP_ROWS):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        max_group_rows: int = MAX_GROUP_ROWS,
+        gather_seconds: float = GATHER_SECONDS,
+    ):
         self._sessions = sessions
         self._max_group_rows = max_group_rows
+        self._gather_seconds = gather_seconds
+        self._last_group_size = 0
         self._condition = threading.Condition()
         self._queue: list[_Request] = []
         self._writing = False
@@ -113,7 +125,15 @@ class RatingWriter:
                     self._condition.wait()
                 if not self._queue:
                     return
+                # The last group shared a commit: its clients are sending their next requests.
+                # Taking the first of them at once would write many small groups, each paying
+                # a transaction's fixed cost; a moment's wait lets them arrive.
+                gather = self._last_group_size > len(self._queue) and not self._closed
+            if gather:
+                time.sleep(self._gather_seconds)
+            with self._condition:
                 group = self._take_group()
+                self._last_group_size = len(group)
                 self._writing = True
             try:
                 self._write_group(group)
