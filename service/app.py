@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions = make_sessionmaker(engine)
             write_sessions = make_sessionmaker(engine, write=True)
             read_engine = create_serving_engine(settings.database_url)
-            rating_writer = RatingWriter(write_sessions)
+            rating_writer = RatingWriter(engine)
             try:
                 async with (
                     key_authenticator(settings, sessions, write_sessions) as auth,
