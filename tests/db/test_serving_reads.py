@@ -35,8 +35,7 @@ def _bump(database_url: str, user: str) -> None:
         with engine.begin() as connection:
             connection.execute(
                 text(
-                    "UPDATE users SET history_version = history_version + 1 "
-                    "WHERE external_id = :u"
+                    "UPDATE users SET history_version = history_version + 1 WHERE external_id = :u"
                 ),
                 {"u": user},
             )
