@@ -10,7 +10,7 @@ import torch
 
 from service.ml.als import BiasedALS, BiasedALSConfig, ImplicitALS, ImplicitALSConfig
 from service.ml.als._implicit import _SideSolver
-from service.ml.als._rows import SparseRows, build_plan
+from service.ml.als._rows import SparseRows, build_plan, sorted_csr
 from service.ml.base import TrainingProgress
 from service.ml.data import Interactions, Vocabulary
 from tests.ml.tiny_data import grouped_ratings
@@ -56,6 +56,24 @@ def test_plan_chunks_cover_each_nonempty_row_once() -> None:
     assert sorted(rows.tolist()) == sorted(np.flatnonzero(data.user_csr().counts()).tolist())
     for chunk in plan.chunks:
         assert torch.equal(chunk.mask.sum(dim=1), chunk.counts)
+
+
+def test_sorted_csr_matches_the_interactions_layout_on_shuffled_input() -> None:
+    data = _binary(seed=3)
+    order = np.random.default_rng(1).permutation(len(data))
+    values = np.arange(len(data), dtype=np.float32)[order]  # distinct: a misplaced value shows
+    users, items = data.users[order], data.items[order]
+    shuffled = Interactions(users, items, values, data.user_ids, data.item_ids)
+    for built, expected in [
+        (sorted_csr(users, items, values, data.n_users, data.n_items), shuffled.user_csr()),
+        (sorted_csr(items, users, values, data.n_items, data.n_users), shuffled.item_csr()),
+        (sorted_csr(users, items, None, data.n_users, data.n_items), data.user_csr()),
+    ]:
+        assert np.array_equal(built.indptr, expected.indptr)
+        assert np.array_equal(built.indices, expected.indices)
+        if expected.values is not None and built.values is not None:
+            assert np.array_equal(built.values, expected.values)
+    assert sorted_csr(users, items, None, data.n_users, data.n_items).values is None
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])

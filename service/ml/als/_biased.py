@@ -25,6 +25,7 @@ from service.ml.als._rows import (
     gather_factors,
     gram,
     row_dot,
+    sorted_csr,
     weighted_sum,
     with_zero_row,
 )
@@ -125,16 +126,12 @@ class BiasedALS(Recommender[BiasedALSConfig]):
         user_bias = _damped_means(
             data.users, values - global_bias - item_bias[data.items], data.n_users, cfg.damping
         )
-        centered = Interactions(
-            users=data.users,
-            items=data.items,
-            values=(values - global_bias).astype(np.float32),
-            user_ids=data.user_ids,
-            item_ids=data.item_ids,
-        )
+        centered = (values - global_bias).astype(np.float32)
+        user_csr = sorted_csr(data.users, data.items, centered, data.n_users, data.n_items)
+        item_csr = sorted_csr(data.items, data.users, centered, data.n_items, data.n_users)
         k = cfg.embedding_size
-        user_plan = build_plan(centered.user_csr(), k + 1, device, cfg.chunk_elements)
-        item_plan = build_plan(centered.item_csr(), k + 1, device, cfg.chunk_elements)
+        user_plan = build_plan(user_csr, k + 1, device, cfg.chunk_elements)
+        item_plan = build_plan(item_csr, k + 1, device, cfg.chunk_elements)
         users = initial_factors(data.n_users, k, cfg.init_scale, cfg.seed).to(device)
         items = torch.zeros((data.n_items, k), device=device)
         users[user_plan.empty_rows] = 0.0

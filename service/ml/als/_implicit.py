@@ -23,6 +23,7 @@ from service.ml.als._rows import (
     conjugate_gradient,
     gather_factors,
     row_dot,
+    sorted_csr,
     weighted_gram,
     weighted_sum,
     with_zero_row,
@@ -96,25 +97,21 @@ class ImplicitALS(Recommender[ImplicitALSConfig]):
         cfg = self.config
         device = resolve_device(cfg.device)
         values = data.values if cfg.use_ratings and data.values is not None else None
-        confidence = Interactions(
-            users=data.users,
-            items=data.items,
-            values=_extra_confidence(values, len(data), cfg.weight),
-            user_ids=data.user_ids,
-            item_ids=data.item_ids,
-        )
+        extra = _extra_confidence(values, len(data), cfg.weight)
+        user_csr = sorted_csr(data.users, data.items, extra, data.n_users, data.n_items)
+        item_csr = sorted_csr(data.items, data.users, extra, data.n_items, data.n_users)
         k = cfg.embedding_size
         user_side: RowPlan | SparseRows
         item_side: RowPlan | SparseRows
         if cfg.solver == "cg":
-            user_side = SparseRows(confidence.user_csr(), device)
-            item_side = SparseRows(confidence.item_csr(), device)
+            user_side = SparseRows(user_csr, device)
+            item_side = SparseRows(item_csr, device)
         else:
-            user_side = build_plan(confidence.user_csr(), k, device, cfg.chunk_elements)
-            item_side = build_plan(confidence.item_csr(), k, device, cfg.chunk_elements)
+            user_side = build_plan(user_csr, k, device, cfg.chunk_elements)
+            item_side = build_plan(item_csr, k, device, cfg.chunk_elements)
         users = initial_factors(data.n_users, k, cfg.init_scale, cfg.seed).to(device)
         items = torch.zeros((data.n_items, k), device=device)
-        users[torch.as_tensor(confidence.user_csr().counts() == 0, device=device)] = 0.0
+        users[torch.as_tensor(user_csr.counts() == 0, device=device)] = 0.0
         solve = _SideSolver(cfg.regularization, cfg.solver, cfg.cg_steps)
 
         def sweep() -> float:
@@ -219,14 +216,20 @@ class _SideSolver:
         with_loss: bool,
     ) -> float:
         extra = side.values
+        # sampled_addmm reads its dense right factor as (k, n); one contiguous copy per half-sweep
+        fixed_t = fixed.T.contiguous()
 
         def product(v: torch.Tensor) -> torch.Tensor:
-            return v @ base + side.weighted_sum(extra * side.entry_dots(v, fixed), fixed)
+            # v (YᵀY + λI) + Σ_j (c_j - 1)(y_j · v) y_j: the sampled dots, rescaled in place,
+            # are the sparse factor of one fused add-and-multiply
+            dots = side.sampled_dots(v, fixed_t)
+            dots.values().mul_(extra)
+            return torch.addmm(v @ base, dots, fixed)
 
         # b - A x in one sparse product: Σ_j (c_j - (c_j - 1) s_j) y_j - x (YᵀY + λI)
-        start_scores = side.entry_dots(target, fixed)
+        start = side.sampled_dots(target, fixed_t)
+        start_scores = start.values()
         start_base = target @ base
-        residual = side.weighted_sum(extra + 1.0 - extra * start_scores, fixed) - start_base
         loss = 0.0
         if with_loss:
             # the objective at the starting `target` (after the other side's half-sweep): it
@@ -234,7 +237,9 @@ class _SideSolver:
             total = (start_base * target).sum().double()
             total += ((extra + 1.0) * (1.0 - start_scores).square() - start_scores.square()).sum()
             loss = float(total)
-        target.copy_(conjugate_gradient(product, residual, target, self.cg_steps))
+        start_scores.mul_(extra).neg_().add_(extra).add_(1.0)
+        residual = torch.addmm(start_base, start, fixed, beta=-1.0)
+        conjugate_gradient(product, residual, target, self.cg_steps)
         return loss
 
     def _cholesky(

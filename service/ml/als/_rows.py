@@ -109,6 +109,26 @@ def _make_chunk(csr: CSR, values: np.ndarray, rows: np.ndarray, device: torch.de
     )
 
 
+def sorted_csr(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray | None, n_rows: int, n_cols: int
+) -> CSR:
+    """The (row, col, value) triples as a CSR, columns ascending within each row.
+
+    The same layout as `Interactions.user_csr()`, from one stable sort of the combined key
+    row·n_cols + col (torch's parallel sort) rather than a two-key `np.lexsort`.
+    """
+    key = torch.as_tensor(rows, dtype=torch.int64) * max(n_cols, 1)
+    key += torch.as_tensor(cols, dtype=torch.int64)
+    order = torch.sort(key, stable=True).indices.numpy()
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return CSR(
+        indptr=indptr,
+        indices=np.asarray(cols, dtype=np.int64)[order],
+        values=None if values is None else np.asarray(values, dtype=np.float32)[order],
+    )
+
+
 def with_zero_row(factors: torch.Tensor) -> torch.Tensor:
     """Factors (or a bias vector) with a zero row in front, so that padding (slot 0) gathers 0."""
     return torch.cat([factors.new_zeros((1, *factors.shape[1:])), factors])
@@ -165,21 +185,22 @@ def conjugate_gradient(
     x: torch.Tensor,
     steps: int,
 ) -> torch.Tensor:
-    """A few CG steps from `x` on the SPD systems A_r x_r = b_r of every row r at once.
+    """A few CG steps from `x` on the SPD systems A_r x_r = b_r of every row r at once, in place.
 
-    `residual` is b - A x at the start; `product(v)` returns the rows A_r v_r (B, k) for
-    directions v (B, k). Nothing else of A is needed, so no row's k-by-k matrix is formed.
+    `residual` is b - A x at the start (consumed); `product(v)` returns the rows A_r v_r (B, k)
+    for directions v (B, k). Nothing else of A is needed, so no row's k-by-k matrix is formed.
+    `x` is updated in place and returned.
     """
-    x = x.clone()
-    residual = residual.clone()
     direction = residual.clone()
     rs_old = torch.linalg.vecdot(residual, residual)
     tiny = torch.finfo(x.dtype).tiny
-    for _ in range(steps):
+    for step in range(steps):
         a_direction = product(direction)
         denominator = torch.linalg.vecdot(direction, a_direction)
         alpha = torch.where(denominator > tiny, rs_old / denominator.clamp(min=tiny), 0.0)
         x.addcmul_(alpha.unsqueeze(1), direction)
+        if step + 1 == steps:
+            break  # the last step's residual and direction would go unused
         residual.addcmul_(alpha.unsqueeze(1), a_direction, value=-1.0)
         rs_new = torch.linalg.vecdot(residual, residual)
         beta = torch.where(rs_old > tiny, rs_new / rs_old.clamp(min=tiny), 0.0)
@@ -223,10 +244,15 @@ class SparseRows:
 
     def entry_dots(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """rows_r · cols_j at every entry (r, j), in CSR order: (nnz,)."""
-        pattern = self._patterns.get(cols.shape[0])
-        if pattern is None:
-            pattern = self.matrix(torch.zeros_like(self.values), cols.shape[0])
-            self._patterns[cols.shape[0]] = pattern
-        sampled = torch.sparse.sampled_addmm(pattern, rows, cols.T, beta=0.0)
-        dots: torch.Tensor = sampled.values()
+        dots: torch.Tensor = self.sampled_dots(rows, cols.T).values()
         return dots
+
+    def sampled_dots(self, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
+        """This pattern as a CSR matrix whose entry (r, j) is rows_r · cols_t[:, j]; its
+        `values()` may be rescaled in place and the matrix used in a sparse product."""
+        pattern = self._patterns.get(cols_t.shape[1])
+        if pattern is None:
+            pattern = self.matrix(torch.zeros_like(self.values), cols_t.shape[1])
+            self._patterns[cols_t.shape[1]] = pattern
+        sampled: torch.Tensor = torch.sparse.sampled_addmm(pattern, rows, cols_t, beta=0.0)
+        return sampled
