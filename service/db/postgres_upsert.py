@@ -18,7 +18,14 @@ def time_key(value: datetime) -> datetime:
     return value
 
 
-_FIND_USERS = "SELECT external_id, id FROM users WHERE external_id = ANY(%s::text[])"
+# Lookups join an unnested array instead of `= ANY(array)`: once psycopg prepares a statement,
+# PostgreSQL's generic plan compares each table row with every array element in turn (the
+# hashed `= ANY` needs a constant array), which made the item lookup the costliest statement.
+_FIND = """
+    SELECT t.external_id, t.id FROM unnest(%s::text[]) AS name
+    JOIN {table} AS t ON t.external_id = name
+"""
+_FIND_USERS = _FIND.format(table="users")
 _INSERT_USERS = """
     INSERT INTO users (external_id, created_at, history_changed_at, history_version)
     SELECT name, %(now)s, %(now)s, 0 FROM unnest(%(names)s::text[]) AS name
@@ -27,11 +34,12 @@ _INSERT_USERS = """
 # Every writer locks its users in one fixed order (code point, like the sorted `names`), so
 # that concurrent writers of overlapping users wait for each other instead of deadlocking.
 _LOCK_USERS = """
-    SELECT external_id, id FROM users WHERE id = ANY(%s::integer[])
-    ORDER BY external_id COLLATE "C" FOR NO KEY UPDATE
+    SELECT u.external_id, u.id FROM unnest(%s::integer[]) AS wanted(id)
+    JOIN users AS u ON u.id = wanted.id
+    ORDER BY u.external_id COLLATE "C" FOR NO KEY UPDATE OF u
 """
 
-_FIND_ITEMS = "SELECT external_id, id FROM items WHERE external_id = ANY(%s::text[])"
+_FIND_ITEMS = _FIND.format(table="items")
 _INSERT_ITEMS = """
     INSERT INTO items (external_id, tags, attributes, created_at, updated_at)
     SELECT name, '[]'::json, '{}'::json, %(now)s, %(now)s FROM unnest(%(names)s::text[]) AS name
@@ -170,7 +178,7 @@ def write_ratings(
 
 _TOUCH = """
     UPDATE users SET history_version = history_version + 1, history_changed_at = %s
-    WHERE id = ANY(%s::integer[])
+    FROM unnest(%s::integer[]) AS changed(id) WHERE users.id = changed.id
 """
 
 
