@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,40 @@ def fresh_database(backend: str, workdir: Path, name: str) -> Iterator[str]:
         url = server.create_database(name)
         upgrade_to_head(url)
         yield url
+
+
+def postgres_pids(url: str) -> list[int]:
+    """The processes of the PostgreSQL server behind `url` (postmaster and its children)."""
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = stat.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command[0].endswith(b"postgres") and f"-p {port}".encode() in b" ".join(command):
+            found.append(int(stat.parent.name))
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) in found:
+            children.append(int(stat.parent.name))
+    return found + children
+
+
+def processes_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes that still run (children reaped count too)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def post_rate(base_url: str, rows: list[Row], batch_size: int) -> float:
@@ -129,19 +164,27 @@ def wrk_rate(
     return requests / (duration_us / 1e6), p99_us / 1000
 
 
-def import_rate(url: str) -> tuple[float, float]:
-    """(ratings/s the importer reports, ratings/s over the command's whole wall time)."""
+def import_rate(url: str) -> tuple[float, float, float, float]:
+    """Ratings/s the importer reports and over the whole command's wall time; CPU per rating
+    of the importer and of PostgreSQL (0 for SQLite)."""
+    database = postgres_pids(url) if url.startswith("postgresql") else []
+    db_cpu = processes_cpu_seconds(database)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "MFSERVE_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "service", "import", "--dataset", "ml-100k", "--no-progress"]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    db_cpu = processes_cpu_seconds(database) - db_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     if result.returncode != 0:
         raise RuntimeError(f"mfserve import failed: {result.stderr}")
     match = re.search(r"imported (\d+) ratings.*?([\d,]+) ratings/s", result.stdout)
     if match is None:
         raise RuntimeError(f"unexpected importer output: {result.stdout}")
-    return float(match.group(2).replace(",", "")), int(match.group(1)) / wall
+    count = int(match.group(1))
+    return float(match.group(2).replace(",", "")), count / wall, client_cpu / count, db_cpu / count
 
 
 def main() -> None:
@@ -151,8 +194,13 @@ def main() -> None:
     parser.add_argument("--single-rows", type=int, default=2_000, help="rows posted one by one")
     parser.add_argument("--rows", type=int, default=100_000, help="rows posted in batches")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds of each wrk run")
+    parser.add_argument(
+        "--connections", type=int, nargs="*", default=[1, 8, 32], help="wrk runs (none: skip)"
+    )
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1, 100, 1000], help="batch sizes")
+    parser.add_argument("--no-import", action="store_true", help="skip `mfserve import`")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if args.connections and shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install -y wrk)")
 
     table = load_ml100k(REPO_ROOT / ".cache")
@@ -172,7 +220,7 @@ def main() -> None:
                 env = {"MFSERVE_ARTIFACT_DIR": str(workdir / "artifacts")}
                 with run_api_process(url, env=env) as server:
                     pid = server.process.pid
-                    for connections in (1, 8, 32):
+                    for connections in args.connections:
                         seconds = args.wrk_seconds
                         cpu = process_cpu_seconds(pid)
                         health, _ = wrk_rate(
@@ -194,22 +242,33 @@ def main() -> None:
                             f" per rating, {health_cpu * 1e6:,.0f} us per /healthz",
                             flush=True,
                         )
-                    for size in (1, 100, 1000):
+                    database = postgres_pids(url) if backend == "postgresql" else []
+                    for size in args.sizes:
                         count = args.single_rows if size == 1 else args.rows
                         # a user prefix per run, so that every run inserts new pairs
                         sample = [{**row, "user": f"b{size}-{row['user']}"} for row in rows[:count]]
+                        api_cpu = process_cpu_seconds([pid])
+                        db_cpu = processes_cpu_seconds(database)
                         rate = post_rate(server.base_url, sample, size)
+                        api_cpu = (process_cpu_seconds([pid]) - api_cpu) / count
+                        db_cpu = (processes_cpu_seconds(database) - db_cpu) / count
                         results.append((backend, f"POST /ratings, batches of {size}", rate))
                         print(
-                            f"{backend:10} POST batch={size:<5} {rate:>10,.0f} ratings/s",
+                            f"{backend:10} POST batch={size:<5} {rate:>10,.0f} ratings/s"
+                            f"  CPU per rating: API {api_cpu * 1e6:,.1f} us,"
+                            f" PostgreSQL {db_cpu * 1e6:,.1f} us",
                             flush=True,
                         )
+            if args.no_import:
+                continue
             with fresh_database(backend, workdir, "import") as url:
-                reported, wall = import_rate(url)
+                reported, wall, client_cpu, db_cpu = import_rate(url)
                 results.append((backend, "mfserve import (importer's own rate)", reported))
                 results.append((backend, "mfserve import (whole command, wall)", wall))
                 print(
-                    f"{backend:10} import       {reported:>10,.0f} ratings/s ({wall:,.0f}/s wall)",
+                    f"{backend:10} import       {reported:>10,.0f} ratings/s ({wall:,.0f}/s wall)"
+                    f"  CPU per rating: importer {client_cpu * 1e6:,.1f} us,"
+                    f" PostgreSQL {db_cpu * 1e6:,.1f} us",
                     flush=True,
                 )
     print("\n| backend | path | ratings/s |\n|---|---|---:|")
