@@ -247,10 +247,10 @@ def main() -> None:
                         count = args.single_rows if size == 1 else args.rows
                         # a user prefix per run, so that every run inserts new pairs
                         sample = [{**row, "user": f"b{size}-{row['user']}"} for row in rows[:count]]
-                        api_cpu = process_cpu_seconds([pid])
+                        api_cpu = process_cpu_seconds(pid)
                         db_cpu = processes_cpu_seconds(database)
                         rate = post_rate(server.base_url, sample, size)
-                        api_cpu = (process_cpu_seconds([pid]) - api_cpu) / count
+                        api_cpu = (process_cpu_seconds(pid) - api_cpu) / count
                         db_cpu = (processes_cpu_seconds(database) - db_cpu) / count
                         results.append((backend, f"POST /ratings, batches of {size}", rate))
                         print(

@@ -130,6 +130,16 @@ _UPSERT_ARRAYS = _UPSERT.format(
     """
 )
 
+# One request's rows share their stored-at time: one parameter instead of an array.
+_UPSERT_ARRAYS_ONE_STORED_AT = _UPSERT.format(
+    rows="""
+        SELECT b.user_id, b.item_id, b.rating,
+               TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %s::timestamptz
+        FROM unnest(%s::integer[], %s::integer[], %s::double precision[], %s::bigint[])
+            AS b(user_id, item_id, rating, event_us)
+    """
+)
+
 _CREATE_STAGE = """
     CREATE TEMPORARY TABLE IF NOT EXISTS rating_stage (
         user_id integer NOT NULL,
@@ -159,9 +169,14 @@ def write_ratings(
     if len(rows) < COPY_MIN_ROWS:
         columns = list(zip(*rows, strict=True))
         event_us = ((time - _EPOCH) // _MICROSECOND for time in columns[3])
-        stored_us = ((time - _EPOCH) // _MICROSECOND for time in columns[4])
-        arrays = [_array_literal(column) for column in (*columns[:3], event_us, stored_us)]
-        result = cursor.execute(_UPSERT_ARRAYS, arrays).fetchall()
+        stored_at = columns[4][0]
+        if columns[4].count(stored_at) == len(rows):
+            arrays = [_array_literal(column) for column in (*columns[:3], event_us)]
+            result = cursor.execute(_UPSERT_ARRAYS_ONE_STORED_AT, [stored_at, *arrays]).fetchall()
+        else:
+            stored_us = ((time - _EPOCH) // _MICROSECOND for time in columns[4])
+            arrays = [_array_literal(column) for column in (*columns[:3], event_us, stored_us)]
+            result = cursor.execute(_UPSERT_ARRAYS, arrays).fetchall()
     else:
         cursor.execute(_CREATE_STAGE)
         cursor.execute("TRUNCATE rating_stage")  # rows of an earlier write of this transaction
