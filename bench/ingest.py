@@ -14,6 +14,7 @@ CPU time per request of each, say far more than a rate on a machine shared with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -55,38 +56,32 @@ def fresh_database(backend: str, workdir: Path, name: str) -> Iterator[str]:
         yield url
 
 
-def postgres_pids(url: str) -> list[int]:
-    """The processes of the PostgreSQL server behind `url` (postmaster and its children)."""
-    port = url.rsplit(":", 1)[1].split("/", 1)[0]
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command = stat.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if command[0].endswith(b"postgres") and f"-p {port}".encode() in b" ".join(command):
-            found.append(int(stat.parent.name))
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) in found:
-            children.append(int(stat.parent.name))
-    return found + children
+def database_cpu_seconds(url: str) -> float:
+    """CPU seconds the PostgreSQL server behind `url` has used so far, 0 for SQLite.
 
-
-def processes_cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds used so far by the processes that still run (children reaped count too)."""
+    The postmaster's own time and that of its exited children, plus its children that run
+    now (listed anew each call, so that backends started in between count as well).
+    """
+    if not url.startswith("postgresql"):
+        return 0.0
+    port = url.rsplit(":", 1)[1].split("/", 1)[0].encode()
+    postmaster = None
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            command = cmdline.read_bytes().split(b"\0")
+            if command[0].endswith(b"postgres") and b"-p " + port in b" ".join(command):
+                postmaster = cmdline.parent.name
+    if postmaster is None:
+        raise RuntimeError(f"no PostgreSQL server runs on port {port.decode()}")
     total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    return total
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if stat.parent.name == postmaster:
+                total += sum(int(value) for value in fields[11:15])
+            elif fields[1] == postmaster:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def post_rate(base_url: str, rows: list[Row], batch_size: int) -> float:
@@ -167,15 +162,14 @@ def wrk_rate(
 def import_rate(url: str) -> tuple[float, float, float, float]:
     """Ratings/s the importer reports and over the whole command's wall time; CPU per rating
     of the importer and of PostgreSQL (0 for SQLite)."""
-    database = postgres_pids(url) if url.startswith("postgresql") else []
-    db_cpu = processes_cpu_seconds(database)
+    db_cpu = database_cpu_seconds(url)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "MFSERVE_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "service", "import", "--dataset", "ml-100k", "--no-progress"]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    db_cpu = processes_cpu_seconds(database) - db_cpu
+    db_cpu = database_cpu_seconds(url) - db_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     if result.returncode != 0:
@@ -242,16 +236,15 @@ def main() -> None:
                             f" per rating, {health_cpu * 1e6:,.0f} us per /healthz",
                             flush=True,
                         )
-                    database = postgres_pids(url) if backend == "postgresql" else []
                     for size in args.sizes:
                         count = args.single_rows if size == 1 else args.rows
                         # a user prefix per run, so that every run inserts new pairs
                         sample = [{**row, "user": f"b{size}-{row['user']}"} for row in rows[:count]]
                         api_cpu = process_cpu_seconds(pid)
-                        db_cpu = processes_cpu_seconds(database)
+                        db_cpu = database_cpu_seconds(url)
                         rate = post_rate(server.base_url, sample, size)
                         api_cpu = (process_cpu_seconds(pid) - api_cpu) / count
-                        db_cpu = (processes_cpu_seconds(database) - db_cpu) / count
+                        db_cpu = (database_cpu_seconds(url) - db_cpu) / count
                         results.append((backend, f"POST /ratings, batches of {size}", rate))
                         print(
                             f"{backend:10} POST batch={size:<5} {rate:>10,.0f} ratings/s"
