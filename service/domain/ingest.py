@@ -116,10 +116,11 @@ def _check_rating(value: object, low: float, high: float) -> tuple[float | None,
         return None, None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, f"must be a number or null, got {_json_type(value)}"
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None, "must be a finite number"
-    if not low <= value <= high:
-        return None, f"must be between {low} and {high}, got {value}"
+    if not low <= value <= high:  # exact for integers of any size (no float conversion)
+        shown = f"{value}" if isinstance(value, float) or abs(value) < 10**32 else "a huge integer"
+        return None, f"must be between {low} and {high}, got {shown}"
     return float(value), None
 
 
