@@ -159,6 +159,7 @@ def run_api(
             host=host or settings.host,
             port=port or settings.port,
             log_level=settings.log_level,
+            access_log=settings.access_log,
         )
         server = uvicorn.Server(config)
         server.run()

@@ -25,6 +25,7 @@ from service.api import (
     users,
 )
 from service.api.content_type import JsonBodiesOnly
+from service.api.hot_routes import HotRoutes
 from service.api.limits import BodySizeLimit
 from service.api.openapi import install_contract
 from service.api.request_id import RequestId
@@ -57,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions = make_sessionmaker(engine)
             write_sessions = make_sessionmaker(engine, write=True)
             read_engine = create_serving_engine(settings.database_url)
-            rating_writer = RatingWriter(write_sessions)
+            rating_writer = RatingWriter(engine)
             try:
                 async with (
                     key_authenticator(settings, sessions, write_sessions) as auth,
@@ -113,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.mount(dashboard.STATIC_PREFIX, dashboard.static_files(), name="dashboard-static")
     # In front of everything, FastAPI's documentation routes included: matched first, once.
-    app.router.routes[:0] = recommendations.HOT_ROUTES + scores.HOT_ROUTES + ratings.HOT_ROUTES
+    app.router.routes[:0] = recommendations.HOT_ROUTES + scores.HOT_ROUTES
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)
         app.add_route(
@@ -123,6 +124,14 @@ def create_app(settings: Settings) -> FastAPI:
             include_in_schema=False,
         )
     app.add_middleware(RequestId)
+    # In front of the layers above: serves `POST /ratings` itself, with the same rules.
+    app.add_middleware(
+        HotRoutes,
+        routes=ratings.HOT_ROUTES,
+        max_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        exception_handlers=app.exception_handlers,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

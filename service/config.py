@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     """Logging level of the API and worker processes."""
 
+    access_log: bool = False
+    """Log one line per HTTP request (uvicorn's access log); off by default, a cost per request."""
+
     admin_token: SecretStr | None = None
     """Bootstrap admin credential (`Authorization: Bearer <token>`): carries every scope."""
 

@@ -34,15 +34,18 @@ class JsonBodiesOnly:
                 elif name == b"transfer-encoding":
                     has_body = True
             if has_body and not is_json_media_type(content_type):
-                shown = content_type.decode("latin-1") or "none"
                 response = error_response(
-                    415,
-                    UnsupportedMediaTypeError.error,
-                    f"the body must be Content-Type: application/json, got {shown}",
+                    415, UnsupportedMediaTypeError.error, not_json_message(content_type)
                 )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def not_json_message(content_type: bytes) -> str:
+    """The 415 reply's detail for a body of this Content-Type."""
+    shown = content_type.decode("latin-1") or "none"
+    return f"the body must be Content-Type: application/json, got {shown}"
 
 
 def is_json_media_type(content_type: bytes) -> bool:

@@ -53,7 +53,11 @@ WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function"
 
 async def read_json_body(request: Request) -> object:
     """The request body parsed as JSON (any content type); 400 when it is not JSON."""
-    body = await request.body()
+    return parse_json_body(await request.body())
+
+
+def parse_json_body(body: bytes) -> object:
+    """A request body parsed as JSON; 400 when it is not JSON."""
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -40,7 +40,12 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
     def _message(self, size: int) -> str:
-        return f"request body of {size} bytes or more exceeds the limit of {self.max_bytes} bytes"
+        return too_large_message(size, self.max_bytes)
+
+
+def too_large_message(size: int, max_bytes: int) -> str:
+    """The 413 reply's detail for a body of `size` bytes (or more)."""
+    return f"request body of {size} bytes or more exceeds the limit of {max_bytes} bytes"
 
 
 def _content_length(scope: Scope) -> int | None:

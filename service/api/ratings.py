@@ -8,15 +8,14 @@ from typing import Any, cast
 import orjson
 from fastapi import APIRouter, Request, Response, status
 from pydantic import TypeAdapter
-from starlette.routing import Route
 
-from service.api.auth import AUTH_RESPONSES, authorize, require_scope
+from service.api.auth import AUTH_RESPONSES, require_scope
 from service.api.deps import (
     ItemPath,
     SessionDep,
     UserPath,
     WriteSessionDep,
-    read_json_body,
+    parse_json_body,
 )
 from service.api.pagination import (
     DEFAULT_LIMIT,
@@ -32,7 +31,6 @@ from service.api.schemas import (
     UserRatingOut,
     UserRatingsPage,
 )
-from service.api.serving_deps import PlainEndpoint
 from service.api.state import ServiceState
 from service.db import queries
 from service.db.keys import Scope
@@ -69,14 +67,31 @@ async def post_ratings(request: Request) -> Response:
     """Store `{"user", "item", "rating"?, "timestamp"?}` or `{"ratings": [...]}`, all or nothing.
 
     The reply goes out once the transaction holding the ratings has committed; requests that
-    arrive together share it (group commit), each still all or nothing. The body is parsed
-    and checked by hand, on the event loop: FastAPI's body and dependency handling, and a
-    thread-pool hop, would cost more than the request's share of the commit.
+    arrive together share it (group commit), each still all or nothing. The application serves
+    this call in front of its router (`post_ratings_hot`, installed by `app.py` through
+    `hot_routes.HotRoutes`); this route describes it in the OpenAPI document.
     """
-    authorize(request, Scope.INGEST)  # the plain route skips the dependency above
     state = cast(ServiceState, request.state.service)
+    reply = await store_ratings(state, await request.body())
+    return Response(reply, status_code=201, media_type="application/json")
+
+
+async def post_ratings_hot(
+    state: ServiceState, authorization: str | None, body: bytes
+) -> tuple[int, bytes]:
+    """`POST /ratings` as a hot call: check the key, store the body's ratings; (201, reply)."""
+    state.auth.check(authorization, Scope.INGEST)
+    return 201, await store_ratings(state, body)
+
+
+async def store_ratings(state: ServiceState, body: bytes) -> bytes:
+    """Validate a `POST /ratings` body, store it once committed; the JSON reply of counts.
+
+    Parsed and checked on the event loop: a thread-pool hop would cost more than the
+    request's share of the commit.
+    """
     settings = state.settings
-    payload = await read_json_body(request)
+    payload = _parse_json(body)
     now = datetime.now(UTC)
     rules = RatingRules.from_settings(settings, now)
     try:
@@ -90,20 +105,25 @@ async def post_ratings(request: Request) -> Response:
         ]
         raise InvalidInputError(errors, error_count=len(exc.errors)) from None
     counts = await state.rating_writer.store(batch, now=now)
-    reply = {"inserted": counts.inserted, "updated": counts.updated, "ignored": counts.ignored}
-    return Response(orjson.dumps(reply), status_code=201, media_type="application/json")
-
-
-HOT_ROUTES = [
-    Route(
-        "/ratings",
-        PlainEndpoint("/ratings", post_ratings),
-        methods=["POST"],
-        include_in_schema=False,
+    return orjson.dumps(
+        {"inserted": counts.inserted, "updated": counts.updated, "ignored": counts.ignored}
     )
-]
-"""`POST /ratings` served by a plain Starlette route that the application puts in front of the
-others (see `recommendations.HOT_ROUTES`); the APIRoute above stays for the OpenAPI document."""
+
+
+def _parse_json(body: bytes) -> object:
+    """The body as JSON: orjson for what it reads, the standard parser for the rest.
+
+    The standard parser reads what orjson refuses (NaN, which validation then names; UTF-16;
+    huge integers) and words the 400 of malformed bodies.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return parse_json_body(body)
+
+
+HOT_ROUTES = {("POST", "/ratings"): post_ratings_hot}
+"""The calls of this module that `hot_routes.HotRoutes` serves in front of the application."""
 
 
 @router.get(

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine
 
-from service.db.session import transaction
+from service.db.session import WRITE_OPTION
 from service.db.upsert import RatingBatch, UpsertCounts, upsert_batches
 
 MAX_GROUP_ROWS = 20_000
 """Rows one group transaction takes at most; requests beyond wait for the next group."""
+
+GATHER_SECONDS = 0.002
+"""How long the writer lets a group fill while clients write concurrently (see `_run`)."""
 
 
 _Waiter = Future[UpsertCounts] | asyncio.Future[UpsertCounts]
@@ -45,9 +49,18 @@ class RatingWriter:
     batches that arrive queue up and form the next group.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, max_group_rows: int = MAX_GROUP_ROWS):
-        self._sessions = sessions
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_group_rows: int = MAX_GROUP_ROWS,
+        gather_seconds: float = GATHER_SECONDS,
+    ):
+        self._engine = engine.execution_options(**{WRITE_OPTION: True})
+        self._connection: Connection | None = None
         self._max_group_rows = max_group_rows
+        self._gather_seconds = gather_seconds
+        self._last_group_size = 0
         self._condition = threading.Condition()
         self._queue: list[_Request] = []
         self._writing = False
@@ -107,13 +120,28 @@ class RatingWriter:
 
     def _run(self) -> None:
         """The writer thread: take the queued batches as a group and write it, until closed."""
+        try:
+            self._write_until_closed()
+        finally:
+            self._drop_connection()
+
+    def _write_until_closed(self) -> None:
+        """Take the queued batches as a group and write it, until closed and drained."""
         while True:
             with self._condition:
                 while not self._queue and not self._closed:
                     self._condition.wait()
                 if not self._queue:
                     return
+                # The last group shared a commit: its clients are sending their next requests.
+                # Taking the first of them at once would write many small groups, each paying
+                # a transaction's fixed cost; a moment's wait lets them arrive.
+                gather = self._last_group_size > len(self._queue) and not self._closed
+            if gather:
+                time.sleep(self._gather_seconds)
+            with self._condition:
                 group = self._take_group()
+                self._last_group_size = len(group)
                 self._writing = True
             try:
                 self._write_group(group)
@@ -157,14 +185,30 @@ class RatingWriter:
 
     def _write_together(self, group: list[_Request]) -> None:
         """Upsert the group's batches in one transaction; record their counts once committed."""
-        with transaction(self._sessions) as session:
-            counts = upsert_batches(
-                session.connection(),
-                [request.batch for request in group],
-                [request.now for request in group],
-            )
+        # One connection for every group: a pool checkout (with its ping on PostgreSQL) and
+        # a session per group cost more than a small group's own statements.
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        connection = self._connection
+        try:
+            with connection.begin():
+                counts = upsert_batches(
+                    connection,
+                    [request.batch for request in group],
+                    [request.now for request in group],
+                )
+        except BaseException:
+            self._drop_connection()  # it may be broken: the next transaction takes a new one
+            raise
         for request, request_counts in zip(group, counts, strict=True):
             request.counts = request_counts
+
+    def _drop_connection(self) -> None:
+        """Close the writer's connection, if it has one (errors closing it do not matter)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
 
 
 def _settle(group: list[_Request]) -> None:
