@@ -14,9 +14,11 @@ CPU time per request of each, say far more than a rate on a machine shared with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +54,34 @@ def fresh_database(backend: str, workdir: Path, name: str) -> Iterator[str]:
         url = server.create_database(name)
         upgrade_to_head(url)
         yield url
+
+
+def database_cpu_seconds(url: str) -> float:
+    """CPU seconds the PostgreSQL server behind `url` has used so far, 0 for SQLite.
+
+    The postmaster's own time and that of its exited children, plus its children that run
+    now (listed anew each call, so that backends started in between count as well).
+    """
+    if not url.startswith("postgresql"):
+        return 0.0
+    port = url.rsplit(":", 1)[1].split("/", 1)[0].encode()
+    postmaster = None
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            command = cmdline.read_bytes().split(b"\0")
+            if command[0].endswith(b"postgres") and b"-p " + port in b" ".join(command):
+                postmaster = cmdline.parent.name
+    if postmaster is None:
+        raise RuntimeError(f"no PostgreSQL server runs on port {port.decode()}")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if stat.parent.name == postmaster:
+                total += sum(int(value) for value in fields[11:15])
+            elif fields[1] == postmaster:
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def post_rate(base_url: str, rows: list[Row], batch_size: int) -> float:
@@ -129,19 +159,26 @@ def wrk_rate(
     return requests / (duration_us / 1e6), p99_us / 1000
 
 
-def import_rate(url: str) -> tuple[float, float]:
-    """(ratings/s the importer reports, ratings/s over the command's whole wall time)."""
+def import_rate(url: str) -> tuple[float, float, float, float]:
+    """Ratings/s the importer reports and over the whole command's wall time; CPU per rating
+    of the importer and of PostgreSQL (0 for SQLite)."""
+    db_cpu = database_cpu_seconds(url)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "MFSERVE_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "service", "import", "--dataset", "ml-100k", "--no-progress"]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    db_cpu = database_cpu_seconds(url) - db_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     if result.returncode != 0:
         raise RuntimeError(f"mfserve import failed: {result.stderr}")
     match = re.search(r"imported (\d+) ratings.*?([\d,]+) ratings/s", result.stdout)
     if match is None:
         raise RuntimeError(f"unexpected importer output: {result.stdout}")
-    return float(match.group(2).replace(",", "")), int(match.group(1)) / wall
+    count = int(match.group(1))
+    return float(match.group(2).replace(",", "")), count / wall, client_cpu / count, db_cpu / count
 
 
 def main() -> None:
@@ -151,8 +188,13 @@ def main() -> None:
     parser.add_argument("--single-rows", type=int, default=2_000, help="rows posted one by one")
     parser.add_argument("--rows", type=int, default=100_000, help="rows posted in batches")
     parser.add_argument("--wrk-seconds", type=int, default=10, help="seconds of each wrk run")
+    parser.add_argument(
+        "--connections", type=int, nargs="*", default=[1, 8, 32], help="wrk runs (none: skip)"
+    )
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1, 100, 1000], help="batch sizes")
+    parser.add_argument("--no-import", action="store_true", help="skip `mfserve import`")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if args.connections and shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install -y wrk)")
 
     table = load_ml100k(REPO_ROOT / ".cache")
@@ -172,7 +214,7 @@ def main() -> None:
                 env = {"MFSERVE_ARTIFACT_DIR": str(workdir / "artifacts")}
                 with run_api_process(url, env=env) as server:
                     pid = server.process.pid
-                    for connections in (1, 8, 32):
+                    for connections in args.connections:
                         seconds = args.wrk_seconds
                         cpu = process_cpu_seconds(pid)
                         health, _ = wrk_rate(
@@ -194,22 +236,32 @@ def main() -> None:
                             f" per rating, {health_cpu * 1e6:,.0f} us per /healthz",
                             flush=True,
                         )
-                    for size in (1, 100, 1000):
+                    for size in args.sizes:
                         count = args.single_rows if size == 1 else args.rows
                         # a user prefix per run, so that every run inserts new pairs
                         sample = [{**row, "user": f"b{size}-{row['user']}"} for row in rows[:count]]
+                        api_cpu = process_cpu_seconds(pid)
+                        db_cpu = database_cpu_seconds(url)
                         rate = post_rate(server.base_url, sample, size)
+                        api_cpu = (process_cpu_seconds(pid) - api_cpu) / count
+                        db_cpu = (database_cpu_seconds(url) - db_cpu) / count
                         results.append((backend, f"POST /ratings, batches of {size}", rate))
                         print(
-                            f"{backend:10} POST batch={size:<5} {rate:>10,.0f} ratings/s",
+                            f"{backend:10} POST batch={size:<5} {rate:>10,.0f} ratings/s"
+                            f"  CPU per rating: API {api_cpu * 1e6:,.1f} us,"
+                            f" PostgreSQL {db_cpu * 1e6:,.1f} us",
                             flush=True,
                         )
+            if args.no_import:
+                continue
             with fresh_database(backend, workdir, "import") as url:
-                reported, wall = import_rate(url)
+                reported, wall, client_cpu, db_cpu = import_rate(url)
                 results.append((backend, "mfserve import (importer's own rate)", reported))
                 results.append((backend, "mfserve import (whole command, wall)", wall))
                 print(
-                    f"{backend:10} import       {reported:>10,.0f} ratings/s ({wall:,.0f}/s wall)",
+                    f"{backend:10} import       {reported:>10,.0f} ratings/s ({wall:,.0f}/s wall)"
+                    f"  CPU per rating: importer {client_cpu * 1e6:,.1f} us,"
+                    f" PostgreSQL {db_cpu * 1e6:,.1f} us",
                     flush=True,
                 )
     print("\n| backend | path | ratings/s |\n|---|---|---:|")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, func, select
 from service.app import create_app
 from service.config import load_settings
 from service.db.tables import items, ratings, users
+from service.tools.importer import run_import_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,3 +107,17 @@ def test_missing_file_and_unmigrated_database(
     result = mfserve(empty_database_url, "import", str(path))
     assert result.returncode == 1
     assert "mfserve migrate" in result.stderr
+
+
+def test_a_failed_import_stops_its_reader_thread(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "u.data"
+    lines = [f"{n}\t{n}\t3\t881250949" for n in range(1, 40)]
+    lines[30] = "31\t31\t3\tnot a time"
+    path.write_text("\n".join(lines) + "\n")
+    settings = load_settings(database_url=database_url)
+    code = run_import_command(settings, path=path, dataset=None, batch_size=4, progress=False)
+    assert code == 1
+    assert counts(engine)[0] == 28  # the seven batches before the bad line's
+    assert not [t for t in threading.enumerate() if t.name == "mfserve-import-reader"]

@@ -71,3 +71,50 @@ def test_payload_shapes() -> None:
     assert len(parse_payload(rows, RULES, max_rows=2, now=NOW)) == 2
     with pytest.raises(PayloadShapeError, match="at most 1"):
         parse_payload(rows, RULES, max_rows=1, now=NOW)
+
+
+def test_a_valid_batch_keeps_every_value() -> None:
+    rows: list[object] = [
+        {"user": "u", "item": "a", "rating": 4, "timestamp": 0},
+        {"user": "u", "item": "b", "rating": 2.5, "timestamp": 1.5},
+        {"user": "v", "item": "a", "timestamp": "2024-05-01T14:00:00+02:00"},
+        {"user": "v", "item": "b", "rating": None},
+    ]
+    batch = parse_payload({"ratings": rows}, RULES, max_rows=10, now=NOW)
+    assert batch.users == ["u", "u", "v", "v"]
+    assert batch.items == ["a", "b", "a", "b"]
+    assert batch.ratings == [4.0, 2.5, None, None]
+    assert [type(value) for value in batch.ratings[:2]] == [float, float]
+    assert batch.event_times == [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC),
+        datetime(2024, 5, 1, 12, tzinfo=UTC),
+        NOW,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user", ""),
+        ("user", 7),
+        ("item", "x" * 129),
+        ("item", "tab\there"),
+        ("rating", 9),
+        ("rating", True),
+        ("rating", "4"),
+        ("rating", 10**400),
+        ("timestamp", -1.5e20),
+        ("timestamp", int((NOW + timedelta(days=2)).timestamp())),
+        ("timestamp", "soon"),
+    ],
+)
+def test_one_bad_value_in_a_large_batch_is_named(field: str, value: object) -> None:
+    rows = [
+        {"user": f"u{n % 37}", "item": f"i{n}", "rating": 3.0, "timestamp": 1_700_000_000}
+        for n in range(1_000)
+    ]
+    rows[537][field] = value
+    with pytest.raises(InvalidRatingsError) as caught:
+        parse_payload({"ratings": rows}, RULES, max_rows=1_000, now=NOW)
+    assert [(error.row, error.field) for error in caught.value.errors] == [(537, field)]

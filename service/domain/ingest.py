@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from service.config import Settings
 from service.db.tables import EXTERNAL_ID_LENGTH
@@ -115,10 +116,11 @@ def _check_rating(value: object, low: float, high: float) -> tuple[float | None,
         return None, None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, f"must be a number or null, got {_json_type(value)}"
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None, "must be a finite number"
-    if not low <= value <= high:
-        return None, f"must be between {low} and {high}, got {value}"
+    if not low <= value <= high:  # exact for integers of any size (no float conversion)
+        shown = f"{value}" if isinstance(value, float) or abs(value) < 10**32 else "a huge integer"
+        return None, f"must be between {low} and {high}, got {shown}"
     return float(value), None
 
 
@@ -132,6 +134,73 @@ def _check_timestamp(value: object, now: datetime, latest: datetime) -> tuple[da
     if parsed > latest:
         return now, f"must not be more than a day in the future, got {parsed.isoformat()}"
     return parsed, None
+
+
+_PLAIN_RATING_TYPES = frozenset({float, int, type(None)})
+
+
+def _plain_batch(
+    users: Sequence[object],
+    items: Sequence[object],
+    ratings: Sequence[object],
+    timestamps: Sequence[object],
+    rules: RatingRules,
+    now: datetime,
+) -> RatingBatch | None:
+    """The batch of columns that hold only valid values, checked column by column; else None.
+
+    None sends the caller to the row-by-row checks, which name every problem; this path only
+    makes the common, valid batch cheap (each distinct id is checked once, not per row).
+    """
+    if not users:
+        return RatingBatch()
+    try:
+        ids = set(users)
+        ids.update(items)
+    except TypeError:  # an unhashable value: certainly not an id
+        return None
+    if any(ident.__class__ is not str for ident in ids):
+        return None
+    names = cast(set[str], ids)
+    if not all(names) or max(map(len, names)) > EXTERNAL_ID_LENGTH:
+        return None
+    if _FORBIDDEN_ID_CHARACTERS.search("".join(names)):
+        return None
+    kinds = set(map(type, ratings))
+    if not kinds <= _PLAIN_RATING_TYPES:
+        return None
+    numbers = cast(Sequence[float | None], ratings)
+    try:
+        values = [None if value is None else float(value) for value in numbers]
+    except OverflowError:  # an integer beyond any float
+        return None
+    low, high = rules.rating_min, rules.rating_max
+    if not all(low <= value <= high for value in values if value is not None):
+        return None  # out of range, or not a number (NaN compares false)
+    times = _plain_times(timestamps, rules, now)
+    if times is None:
+        return None
+    return RatingBatch(
+        list(cast(Sequence[str], users)), list(cast(Sequence[str], items)), values, times
+    )
+
+
+def _plain_times(
+    timestamps: Sequence[object], rules: RatingRules, now: datetime
+) -> list[datetime] | None:
+    """Event times of valid timestamps (None: `now`), or None at the first invalid one."""
+    from_epoch = datetime.fromtimestamp
+    if set(map(type, timestamps)) == {int}:
+        seconds = cast(Sequence[int], timestamps)
+        if min(seconds) >= 0 and max(seconds) <= rules.latest.timestamp():
+            return [from_epoch(stamp, UTC) for stamp in seconds]
+    times = []
+    for stamp in timestamps:
+        event_time, problem = _check_timestamp(stamp, now, rules.latest)
+        if problem is not None:
+            return None
+        times.append(event_time)
+    return times
 
 
 def validate_columns(
@@ -150,6 +219,10 @@ def validate_columns(
     A missing rating (None) is an implicit interaction; a missing timestamp (None) means `now`.
     Errors already found by the caller (such as unknown fields) can be passed in `errors`.
     """
+    if not errors:
+        plain = _plain_batch(users, items, ratings, timestamps, rules, now)
+        if plain is not None:
+            return plain
     errors = [] if errors is None else errors
     batch = RatingBatch()
     good_ids: set[str] = set()
@@ -194,6 +267,17 @@ def validate_columns(
 
 def validate_objects(rows: Sequence[object], rules: RatingRules, *, now: datetime) -> RatingBatch:
     """Check rating objects (`{"user", "item", "rating"?, "timestamp"?}`) of a JSON request."""
+    if all(row.__class__ is dict and row.keys() <= ROW_FIELDS for row in rows):
+        plain = _plain_batch(
+            [row.get("user") for row in rows],  # type: ignore[attr-defined]
+            [row.get("item") for row in rows],  # type: ignore[attr-defined]
+            [row.get("rating") for row in rows],  # type: ignore[attr-defined]
+            [row.get("timestamp") for row in rows],  # type: ignore[attr-defined]
+            rules,
+            now,
+        )
+        if plain is not None:
+            return plain
     errors: list[RowError] = []
     columns: tuple[list[object], list[object], list[object], list[object]] = ([], [], [], [])
     for row, value in enumerate(rows):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import queue
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,6 +211,63 @@ def count_lines(path: Path) -> int:
     return lines
 
 
+@dataclass
+class _CheckedChunk:
+    """A chunk as read and validated, ready to store (or to report)."""
+
+    chunk: RawChunk
+    batch: RatingBatch
+    errors: list[RowError]
+    now: datetime
+
+
+_READ_AHEAD = 2
+"""Chunks read and validated ahead of the one being stored."""
+
+
+def _checked_chunks(
+    path: Path, layout: FileLayout, settings: Settings, batch_size: int, *, skip_invalid: bool
+) -> Generator[_CheckedChunk]:
+    """Read and validate chunks in a thread, ahead of the caller storing them.
+
+    Reading and validating is the importer's own CPU work; storing mostly waits for the
+    database. Overlapping the two keeps both the importer and the database busy.
+    """
+    handoff: queue.Queue[_CheckedChunk | BaseException | None] = queue.Queue(_READ_AHEAD)
+    stop = threading.Event()
+
+    def hand(item: _CheckedChunk | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in read_chunks(path, layout, batch_size):
+                now = datetime.now(UTC)
+                batch, errors = validate_chunk(chunk, settings, now, skip_invalid=skip_invalid)
+                if not hand(_CheckedChunk(chunk, batch, errors, now)):
+                    return
+            hand(None)
+        except BaseException as exc:  # handed to the caller, raised there
+            hand(exc)
+
+    reader = threading.Thread(target=read, name="mfserve-import-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := handoff.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
 def import_file(
     path: Path,
     layout: FileLayout,
@@ -228,10 +288,13 @@ def import_file(
         check_schema(engine)
         sessions = make_sessionmaker(engine, write=True)
         total = count_lines(path) - (1 if layout.header else 0)
-        with tqdm(total=total, unit=" rows", disable=not progress, file=sys.stderr) as bar:
-            for chunk in read_chunks(path, layout, batch_size):
-                now = datetime.now(UTC)
-                batch, errors = validate_chunk(chunk, settings, now, skip_invalid=skip_invalid)
+        checked = _checked_chunks(path, layout, settings, batch_size, skip_invalid=skip_invalid)
+        with (
+            closing(checked),
+            tqdm(total=total, unit=" rows", disable=not progress, file=sys.stderr) as bar,
+        ):
+            for item in checked:
+                chunk, batch, errors, now = item.chunk, item.batch, item.errors, item.now
                 if errors and not skip_invalid:
                     shown = "\n".join(
                         f"  line {e.row}, {e.field or 'row'}: {e.message}" for e in errors[:20]

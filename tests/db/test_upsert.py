@@ -77,6 +77,14 @@ def test_unicode_ids_round_trip(engine: Engine) -> None:
     assert set(stored(engine)) == {(name, name[::-1]) for name in names}
 
 
+def test_ids_that_look_like_array_or_sql_syntax_round_trip(engine: Engine) -> None:
+    names = ["{a,b}", "NULL", " padded ", "x,y", '"', "\\N", "a;b", "é\u2028f"]
+    counts = store(engine, batch(*((name, name + "!", 2.0, 1) for name in names)))
+    assert counts == UpsertCounts(len(names), 0, 0)
+    assert set(stored(engine)) == {(name, name + "!") for name in names}
+    assert store(engine, batch(*((name, name + "!", 3.0, 2) for name in names))).updated == 8
+
+
 def test_a_failed_transaction_stores_nothing(engine: Engine) -> None:
     sessions = make_sessionmaker(engine, write=True)
 
