@@ -79,7 +79,8 @@ def test_distinct_rows_matches_unique() -> None:
     index = torch.tensor([7, 2, 2, 9, 0, 7, 7])
     rows, inverse = distinct_rows(index, 12)
     want_rows, want_inverse = torch.unique(index, return_inverse=True)
-    assert torch.equal(rows, want_rows) and torch.equal(inverse, want_inverse)
+    assert torch.equal(rows, want_rows)
+    assert torch.equal(inverse, want_inverse)
 
 
 def test_accumulate_sums_duplicate_rows() -> None:

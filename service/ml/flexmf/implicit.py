@@ -205,9 +205,7 @@ class _ImplicitTrainer(FlexMFTrainer):
         scores = batch_scores(user_rows, item_rows, k, *biases)
         loss, score_grad = score_gradients(config.loss, scores, config.positive_weight, weights)
         strength = config.regularization if config.reg_method == "L2" else 0.0
-        user_grad, item_grad = row_gradients(
-            user_rows, item_rows, score_grad, k, *biases, strength
-        )
+        user_grad, item_grad = row_gradients(user_rows, item_rows, score_grad, k, *biases, strength)
         if strength:
             loss = loss + strength * (
                 user_rows.square().sum() / len(rows)

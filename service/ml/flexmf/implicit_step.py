@@ -41,6 +41,17 @@ def score_gradients(
     return value, grad
 
 
+def with_ones(rows: torch.Tensor, width: int, ones: bool) -> torch.Tensor:
+    """The first `width` columns of rows (..., w), then a column of ones when `ones`."""
+    if not ones:
+        return rows[..., :width].contiguous()
+    if rows.shape[-1] == width + 1:
+        out = rows.clone()  # a contiguous copy, then one column: cheaper than a strided copy
+        out[..., width] = 1.0
+        return out
+    return F.pad(rows[..., :width], (0, 1), value=1.0)
+
+
 def row_gradients(
     user_rows: torch.Tensor,
     item_rows: torch.Tensor,
@@ -56,18 +67,19 @@ def row_gradients(
     k = embedding_size
     batch, width = score_grad.shape
     count = width - 1
-    user_grad = user_rows * (2.0 * regularization / batch)
-    user_emb = user_rows[:, :k]
-    # (B, 1, 1 + c) @ (B, 1 + c, k): each user's sum of score gradients times item embeddings
-    user_grad[:, :k].add_(torch.bmm(score_grad.unsqueeze(1), item_rows[..., :k]).squeeze(1))
-    if user_bias:
-        user_grad[:, k].add_(score_grad.sum(1))
+    # a score is user·item over the embeddings plus each side's bias: against the other side's
+    # embedding with a 1 in its bias column, each side's whole row gradient is one product
+    user_side = with_ones(user_rows, k, item_bias)  # (B, w_i)
+    item_side = with_ones(item_rows, k, user_bias)  # (B, 1 + c, w_u)
+    # (batched matrix products of this shape are slower on CPU than a product and a sum)
+    products = score_grad.unsqueeze(2) * item_side
+    user_grad = products[:, 0].clone()
+    for column in range(1, width):  # a few column adds beat a sum over the middle dimension
+        user_grad.add_(products[:, column])
+    user_grad.add_(user_rows, alpha=2.0 * regularization / batch)
     penalty = item_rows.new_full((1, width, 1), 2.0 * regularization / (batch * count))
     penalty[0, 0, 0] = 2.0 * regularization / batch
-    item_grad = item_rows * penalty
-    item_grad[..., :k].add_(score_grad.unsqueeze(2) * user_emb.unsqueeze(1))
-    if item_bias:
-        item_grad[..., k].add_(score_grad)
+    item_grad = (item_rows * penalty).addcmul_(score_grad.unsqueeze(2), user_side.unsqueeze(1))
     return user_grad, item_grad
 
 
@@ -79,10 +91,7 @@ def batch_scores(
     item_bias: bool,
 ) -> torch.Tensor:
     """Scores (B, 1 + c) of each user row (B, w_u) against its item rows (B, 1 + c, w_i)."""
-    k = embedding_size
-    scores = torch.bmm(item_rows[..., :k], user_rows[:, :k].unsqueeze(2)).squeeze(2)
-    if item_bias:
-        scores = scores + item_rows[..., k]
+    scores = (item_rows * with_ones(user_rows, embedding_size, item_bias).unsqueeze(1)).sum(-1)
     if user_bias:
-        scores = scores + user_rows[:, k : k + 1]
+        scores = scores + user_rows[:, embedding_size : embedding_size + 1]
     return scores

@@ -3,8 +3,6 @@ semantics) with a handful of fused tensor ops instead of sparse-tensor bookkeepi
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -72,18 +70,32 @@ class RowSparseAdam:
         """Apply one Adam update to the rows that received gradients."""
         self.steps += 1
         beta1, beta2 = self.betas
-        step_size = self.lr * math.sqrt(1 - beta2**self.steps) / (1 - beta1**self.steps)
+        step = torch.tensor(float(self.steps))
         updates = [(p, rows, leaf.grad) for p, rows, leaf in self._pending]
         for param, rows, grad in updates + self._gradients:
             if grad is None:
                 continue
             exp_avg, exp_sq = self.moments[id(param)]
-            m = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
-            v = exp_sq.index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            values = param.detach().index_select(0, rows)
+            m, v = exp_avg.index_select(0, rows), exp_sq.index_select(0, rows)
+            # one fused pass over the gathered rows (Adam with bias correction at `steps`)
+            torch._fused_adam_(
+                [values],
+                [grad.contiguous()],
+                [m],
+                [v],
+                [],
+                [step.to(values.device)],
+                lr=self.lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
+            )
             exp_avg.index_copy_(0, rows, m)
             exp_sq.index_copy_(0, rows, v)
-            update = m.div_(v.sqrt_().add_(self.eps)).mul_(-step_size)
-            # rows are distinct, so adding the update at each row once is exact
-            param.index_add_(0, rows, update)
+            param.detach().index_copy_(0, rows, values)
         self._pending.clear()
         self._gradients.clear()
