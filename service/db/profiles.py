@@ -5,7 +5,8 @@ and the item catalog (database ids, external ids, tags) that the serving cache i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,9 +49,10 @@ class ProfileReader:
     call costs exactly one round trip.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, fetch: RowFetch | None = None) -> None:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
+        self._fetch: RowFetch = fetch or (lambda sql, params: fetch_rows(engine, sql, params))
         marker = "?" if self.sqlite else "%s"
         self._one = PROFILE_SQL.format(condition=f"= {marker}")
         self._many = PROFILE_SQL.format(condition="= ANY(%s)")
@@ -69,7 +71,7 @@ class ProfileReader:
         if not users:
             return {}
         sql, params = self._statement(users)
-        return _group(fetch_rows(self.engine, sql, params))
+        return _group(self._fetch(sql, params))
 
 
 class AsyncProfileReader:
@@ -119,6 +121,46 @@ class AsyncProfileReader:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.close()
+
+
+RowFetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+"""Runs one statement and returns its rows."""
+
+
+class HeldConnections:
+    """One pooled DBAPI connection (and cursor) held per thread for the serving reads, given
+    back by `close`: a read then costs its statement, not a pool checkout and return. Each
+    statement runs on its own (SQLite's implicit read transaction), so it sees every commit."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._held: dict[int, tuple[Any, Any]] = {}
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row of one statement, on this thread's held connection."""
+        thread = threading.get_ident()
+        held = self._held.get(thread)
+        if held is None:
+            connection = self.engine.raw_connection()
+            held = self._held[thread] = (connection, connection.cursor())
+        try:
+            held[1].execute(sql, params)
+            return [tuple(row) for row in held[1].fetchall()]
+        except Exception:
+            self._release(thread)  # a broken connection is not kept
+            raise
+
+    def _release(self, thread: int) -> None:
+        connection, cursor = self._held.pop(thread)
+        try:
+            cursor.close()
+        finally:
+            connection.close()  # back to the pool
+
+    def close(self) -> None:
+        """Give every held connection back to the pool."""
+        for thread in list(self._held):
+            self._release(thread)
 
 
 def fetch_rows(engine: Engine, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

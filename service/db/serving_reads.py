@@ -14,7 +14,14 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from service.db.profiles import AsyncProfileReader, ProfileReader, UserProfile, fetch_rows
+from service.db.profiles import (
+    AsyncProfileReader,
+    HeldConnections,
+    ProfileReader,
+    RowFetch,
+    UserProfile,
+    fetch_rows,
+)
 from service.db.session import create_db_engine, normalize_database_url
 
 MARKER_SQL = "SELECT external_id, history_version FROM users WHERE external_id {condition}"
@@ -35,9 +42,10 @@ USERS_PER_READ = 5_000
 class MarkerReader:
     """Reads history markers with one prepared statement on a pooled DBAPI connection."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, fetch: RowFetch | None = None) -> None:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
+        self._fetch: RowFetch = fetch or (lambda sql, params: fetch_rows(engine, sql, params))
 
     def read(self, external_ids: Sequence[str]) -> dict[str, int]:
         """The history version of each given user that exists, in one query."""
@@ -50,7 +58,7 @@ class MarkerReader:
             sql, params = MARKER_SQL.format(condition=markers), tuple(users)
         else:
             sql, params = MARKER_SQL.format(condition="= ANY(%s)"), (users,)
-        return {str(user): int(version) for user, version in fetch_rows(self.engine, sql, params)}
+        return {str(user): int(version) for user, version in self._fetch(sql, params)}
 
 
 class AsyncMarkerReader(AsyncProfileReader):
@@ -173,11 +181,14 @@ async def serving_readers(
     """The marker and profile reads of the request path, awaited on the event loop.
 
     SQLite's local reads run on the loop itself (they cost less than a thread hop, and their
-    row-by-row GIL releases would each wait for the busy loop in a thread); PostgreSQL's go
+    row-by-row GIL releases would each wait for the busy loop in a thread), on one held
+    connection; PostgreSQL's go
     through psycopg's async API, so the loop waits on the socket and no thread is involved.
     """
     if engine.dialect.name == "sqlite":
-        marker_reader, profile_reader = MarkerReader(engine), ProfileReader(engine)
+        held = HeldConnections(engine)
+        marker_reader = MarkerReader(engine, held.fetch)
+        profile_reader = ProfileReader(engine, held.fetch)
 
         async def markers(users: Sequence[str]) -> dict[str, int]:
             return marker_reader.read(users)
@@ -185,7 +196,10 @@ async def serving_readers(
         async def profiles(users: Sequence[str]) -> dict[str, UserProfile]:
             return profile_reader.read(users)
 
-        yield markers, profiles
+        try:
+            yield markers, profiles
+        finally:
+            held.close()
         return
     reader = AsyncMarkerReader(database_url)
     try:

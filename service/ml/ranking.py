@@ -142,7 +142,9 @@ class ItemTable:
             if out is None:
                 return self.offsets.unsqueeze(0).repeat(rows, 1)
             return out.copy_(self.offsets.unsqueeze(0).expand(rows, -1))
-        vectors = embeddings.to(device=self.device, dtype=self.factors_t.dtype)
+        vectors = embeddings
+        if vectors.dtype != self.factors_t.dtype or vectors.device != self.device:
+            vectors = vectors.to(device=self.device, dtype=self.factors_t.dtype)
         if out is None:
             return torch.addmm(self.offsets, vectors, self.factors_t)
         return torch.addmm(self.offsets, vectors, self.factors_t, out=out)
@@ -191,8 +193,8 @@ class RankPlan:
     """Per row with a tag filter, the (m,) mask of items scored -inf before `topk`."""
     dropped: list[frozenset[int]]
     """Per row, the items dropped from its top k afterwards."""
-    scattered: tuple[torch.Tensor, torch.Tensor] | None
-    """(row, item) positions of the items scored -inf before `topk` (None: none)."""
+    scattered: torch.Tensor | None
+    """Positions (row * m + item) of the items scored -inf before `topk` (None: none)."""
     out: torch.Tensor | None = None
     """A reusable (rows, m) score buffer."""
 
@@ -202,7 +204,7 @@ class RankPlan:
         with torch.inference_mode():
             raw = self.table.raw_scores(self.embeddings, len(self.rows), self.out)
             if self.scattered is not None:
-                raw[self.scattered] = NEG_INF
+                raw.view(-1).index_fill_(0, self.scattered, NEG_INF)
             for row, mask in self.blocked:
                 raw[row].masked_fill_(mask, NEG_INF)
             return torch.topk(raw, min(self.k, raw.shape[1]), dim=1)
@@ -266,21 +268,20 @@ def plan_ranking(
     k = min(wanted, table.n_items)
     if k <= 0:
         return None
-    positions = _positions(scattered_rows, scattered, table.device) if scattered else None
+    positions = (
+        _positions(scattered_rows, scattered, table.n_items, table.device) if scattered else None
+    )
     return RankPlan(table, embeddings, rows, k, blocked, dropped, positions, out)
 
 
 def _positions(
-    rows: list[int], items: list[IndexArray], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (row, item) index tensors of the items to score -inf (one scatter for the batch)."""
-    columns = np.concatenate(items) if len(items) > 1 else items[0]
-    lengths = [len(part) for part in items]
-    row_index = np.repeat(np.asarray(rows, dtype=np.int64), lengths)
-    return (
-        torch.as_tensor(row_index, device=device),
-        torch.as_tensor(columns.astype(np.int64, copy=False), device=device),
-    )
+    rows: list[int], items: list[IndexArray], n_items: int, device: torch.device
+) -> torch.Tensor:
+    """The flat positions (row * m + item) of the items to score -inf: one scatter for the
+    batch."""
+    flat = [part + row * n_items if row else part for row, part in zip(rows, items, strict=True)]
+    joined = np.concatenate(flat) if len(flat) > 1 else flat[0]
+    return torch.as_tensor(joined.astype(np.int64, copy=False), device=device)
 
 
 def rank(

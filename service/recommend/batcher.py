@@ -7,9 +7,10 @@ meanwhile wait for a free slot. One batch costs one database read and one matrix
 `topk` per item table, instead of one per request.
 
 A batch function prepares a `BatchPlan`: its heavy, GIL-free `work` (the matrix products and
-`topk`s: torch releases the GIL while they compute) runs in one dedicated thread, and its
-`finish` turns the result into the requests' answers back on the loop. Nothing else goes to the
-thread: every call into a thread must take the GIL back when it returns, and a thread waiting
+`topk`s: torch releases the GIL while they compute) runs in one dedicated thread (handed over
+through a `SimpleQueue`: a thread pool's futures and locks cost more per batch), and its
+`finish` turns the result into the requests' answers back on the loop. Nothing else goes to
+the thread: every call into a thread must take the GIL back when it returns, and a thread waiting
 for the GIL while the loop is busy waits up to the interpreter's switch interval, so Python
 work moved to a thread costs more than it saves. The loop keeps parsing HTTP on one core while
 the product runs on the other. While it serves, the process shortens that interval
@@ -25,8 +26,9 @@ long as the work of every request that is ready in it.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -87,7 +89,10 @@ class Batcher:
 
     def __init__(self, compute: BatchFunction, name: str = "mfserve-scoring") -> None:
         self._compute = compute
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._name = f"{name}_0"
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
         self._pending: list[Job[Any]] = []
         self._in_flight = 0
         self._launching = False
@@ -138,10 +143,18 @@ class Batcher:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
                 loop.call_soon_threadsafe(self._complete, jobs, plan, result)
 
-        try:
-            self._executor.submit(in_thread)
-        except RuntimeError as error:  # the batcher was closed
-            self._answer(jobs, [error] * len(jobs))
+        if self._closed:
+            self._answer(jobs, [RuntimeError("the batcher was closed")] * len(jobs))
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        self._work.put(in_thread)
+
+    def _serve(self) -> None:
+        """The scoring thread: run handed-over work until `close` hands over None."""
+        while (step := self._work.get()) is not None:
+            step()
 
     def _complete(self, jobs: list[Job[Any]], plan: BatchPlan, result: Any) -> None:
         """Finish a batch on the loop, right where its thread's result arrives."""
@@ -167,5 +180,8 @@ class Batcher:
             self._launch()
 
     def close(self) -> None:
-        """Stop the thread once the step in progress is done."""
-        self._executor.shutdown(wait=True)
+        """Stop the thread once the steps handed to it are done."""
+        self._closed = True
+        if self._thread is not None:
+            self._work.put(None)
+            self._thread.join()
