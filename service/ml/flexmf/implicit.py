@@ -13,8 +13,10 @@ from service.ml.data import IndexArray, Interactions, ValueArray
 from service.ml.device import resolve_device, seeded_generator
 from service.ml.flexmf.config import FlexMFImplicitConfig
 from service.ml.flexmf.foldin import implicit_fold_in
+from service.ml.flexmf.implicit_step import batch_scores, row_gradients, score_gradients
 from service.ml.flexmf.losses import logistic_loss, pairwise_loss, warp_loss
 from service.ml.flexmf.model import FlexMFParameters
+from service.ml.flexmf.optim import RowSparseAdam
 from service.ml.flexmf.sampling import NegativeSampler, SamplerStats, rank_weight
 from service.ml.flexmf.scoring import FlexMFScorer, known_history
 from service.ml.flexmf.training import FlexMFTrainer
@@ -178,8 +180,46 @@ class _ImplicitTrainer(FlexMFTrainer):
         self.misranked = config.selected_negative_strategy() == "misranked"
         self.sampler_stats: list[SamplerStats] = []
 
+    @torch.no_grad()
+    def train_step(self, rows: torch.Tensor) -> torch.Tensor:
+        """One minibatch update; with the row-sparse Adam ("L2"), by the losses' closed-form
+        gradients (`implicit_step`), otherwise through autograd (`train_batch`)."""
+        optimizer = self.optimizer
+        if not isinstance(optimizer, RowSparseAdam):
+            with torch.enable_grad():
+                return super().train_step(rows)
+        config = self.implicit_config
+        count = config.negative_count
+        model = self.model
+        k = model.embedding_size
+        users, positives = self.users[rows], self.items[rows]
+        user_rows = model.user_table.index_select(0, users)
+        weights: torch.Tensor | None = None
+        if self.misranked:
+            negatives, weights = self._misranked(users, user_rows[:, :k], positives, count)
+        else:
+            negatives = self.sampler.sample(users, count)
+        item_index = torch.cat([positives.unsqueeze(1), negatives], 1).view(-1)
+        item_rows = model.item_table.index_select(0, item_index).view(len(rows), count + 1, -1)
+        biases = (model.has_user_bias, model.has_item_bias)
+        scores = batch_scores(user_rows, item_rows, k, *biases)
+        loss, score_grad = score_gradients(config.loss, scores, config.positive_weight, weights)
+        strength = config.regularization if config.reg_method == "L2" else 0.0
+        user_grad, item_grad = row_gradients(user_rows, item_rows, score_grad, k, *biases, strength)
+        if strength:
+            loss = loss + strength * (
+                user_rows.square().sum() / len(rows)
+                + item_rows[:, 0].square().sum() / len(rows)
+                + item_rows[:, 1:].square().sum() / negatives.numel()
+            )
+        optimizer.zero_grad()
+        optimizer.accumulate(model.user_table, users, user_grad)
+        optimizer.accumulate(model.item_table, item_index, item_grad.view(len(item_index), -1))
+        optimizer.step()
+        return loss
+
     def train_batch(self, rows: torch.Tensor) -> torch.Tensor:
-        """The configured loss of a batch of positives and their negatives."""
+        """The configured loss of a batch of positives and their negatives (autograd)."""
         config = self.implicit_config
         count = config.negative_count
         users, positives = self.users[rows], self.items[rows]

@@ -111,6 +111,14 @@ class FlexMFTrainer(ABC):
     def train_batch(self, rows: torch.Tensor) -> torch.Tensor:
         """The loss of one minibatch of training rows (its gradient is then applied)."""
 
+    def train_step(self, rows: torch.Tensor) -> torch.Tensor:
+        """Update the parameters on one minibatch; returns its loss (detached)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.train_batch(rows)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return loss.detach()
+
     def penalty(self, *tensors: torch.Tensor | None) -> torch.Tensor | float:
         """The L2 penalty (reg_method "L2") over gathered rows: mean squared norm per row."""
         if self.config.reg_method != "L2" or self.config.regularization == 0:
@@ -140,12 +148,7 @@ class FlexMFTrainer(ABC):
         total = torch.zeros((), device=self.device)
         batches = 0
         for start in range(0, self.n_samples, self.config.batch_size):
-            rows = order[start : start + self.config.batch_size]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.train_batch(rows)
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
-            total += loss.detach()
+            total += self.train_step(order[start : start + self.config.batch_size])
             batches += 1
         self.epochs_trained += 1
         self.model.train(False)
