@@ -182,8 +182,8 @@ async def serving_readers(
 
     SQLite's local reads run on the loop itself (they cost less than a thread hop, and their
     row-by-row GIL releases would each wait for the busy loop in a thread), on one held
-    connection; PostgreSQL's go
-    through psycopg's async API, so the loop waits on the socket and no thread is involved.
+    connection; PostgreSQL's go through psycopg's async API, so the loop waits on the socket
+    and no thread is involved.
     """
     if engine.dialect.name == "sqlite":
         held = HeldConnections(engine)

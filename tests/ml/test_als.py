@@ -10,9 +10,9 @@ import torch
 
 from service.ml.als import BiasedALS, BiasedALSConfig, ImplicitALS, ImplicitALSConfig
 from service.ml.als._implicit import _SideSolver
-from service.ml.als._rows import SparseRows, build_plan, sorted_csr
+from service.ml.als._rows import SparseRows, build_plan
 from service.ml.base import TrainingProgress
-from service.ml.data import Interactions, Vocabulary
+from service.ml.data import Interactions, Vocabulary, build_csr
 from tests.ml.tiny_data import grouped_ratings
 
 CPU = torch.device("cpu")
@@ -58,22 +58,33 @@ def test_plan_chunks_cover_each_nonempty_row_once() -> None:
         assert torch.equal(chunk.mask.sum(dim=1), chunk.counts)
 
 
-def test_sorted_csr_matches_the_interactions_layout_on_shuffled_input() -> None:
+def _lexsort_layout(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference CSR layout: entries ordered by (row, column) with a two-key lexsort."""
+    order = np.lexsort((cols, rows))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))])
+    return indptr, cols[order], values[order]
+
+
+def test_build_csr_matches_a_two_key_lexsort_on_shuffled_input() -> None:
     data = _binary(seed=3)
     order = np.random.default_rng(1).permutation(len(data))
     values = np.arange(len(data), dtype=np.float32)[order]  # distinct: a misplaced value shows
     users, items = data.users[order], data.items[order]
     shuffled = Interactions(users, items, values, data.user_ids, data.item_ids)
     for built, expected in [
-        (sorted_csr(users, items, values, data.n_users, data.n_items), shuffled.user_csr()),
-        (sorted_csr(items, users, values, data.n_items, data.n_users), shuffled.item_csr()),
-        (sorted_csr(users, items, None, data.n_users, data.n_items), data.user_csr()),
+        (
+            build_csr(users, items, values, data.n_users, data.n_items),
+            _lexsort_layout(users, items, values, data.n_users),
+        ),
+        (shuffled.item_csr(), _lexsort_layout(items, users, values, data.n_items)),
     ]:
-        assert np.array_equal(built.indptr, expected.indptr)
-        assert np.array_equal(built.indices, expected.indices)
-        if expected.values is not None and built.values is not None:
-            assert np.array_equal(built.values, expected.values)
-    assert sorted_csr(users, items, None, data.n_users, data.n_items).values is None
+        assert np.array_equal(built.indptr, expected[0])
+        assert np.array_equal(built.indices, expected[1])
+        assert built.values is not None
+        assert np.array_equal(built.values, expected[2])
+    assert build_csr(users, items, None, data.n_users, data.n_items).values is None
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])

@@ -25,7 +25,6 @@ from service.ml.als._rows import (
     gather_factors,
     gram,
     row_dot,
-    sorted_csr,
     weighted_sum,
     with_zero_row,
 )
@@ -36,7 +35,7 @@ from service.ml.base import (
     Recommender,
     UserVector,
 )
-from service.ml.data import IndexArray, Interactions, ValueArray
+from service.ml.data import IndexArray, Interactions, ValueArray, build_csr
 from service.ml.device import resolve_device
 
 
@@ -127,8 +126,8 @@ class BiasedALS(Recommender[BiasedALSConfig]):
             data.users, values - global_bias - item_bias[data.items], data.n_users, cfg.damping
         )
         centered = (values - global_bias).astype(np.float32)
-        user_csr = sorted_csr(data.users, data.items, centered, data.n_users, data.n_items)
-        item_csr = sorted_csr(data.items, data.users, centered, data.n_items, data.n_users)
+        user_csr = build_csr(data.users, data.items, centered, data.n_users, data.n_items)
+        item_csr = build_csr(data.items, data.users, centered, data.n_items, data.n_users)
         k = cfg.embedding_size
         user_plan = build_plan(user_csr, k + 1, device, cfg.chunk_elements)
         item_plan = build_plan(item_csr, k + 1, device, cfg.chunk_elements)

@@ -23,7 +23,6 @@ from service.ml.als._rows import (
     conjugate_gradient,
     gather_factors,
     row_dot,
-    sorted_csr,
     weighted_gram,
     weighted_sum,
     with_zero_row,
@@ -35,7 +34,7 @@ from service.ml.base import (
     Recommender,
     UserVector,
 )
-from service.ml.data import IndexArray, Interactions, ValueArray
+from service.ml.data import IndexArray, Interactions, ValueArray, build_csr
 from service.ml.device import resolve_device
 
 
@@ -98,8 +97,8 @@ class ImplicitALS(Recommender[ImplicitALSConfig]):
         device = resolve_device(cfg.device)
         values = data.values if cfg.use_ratings and data.values is not None else None
         extra = _extra_confidence(values, len(data), cfg.weight)
-        user_csr = sorted_csr(data.users, data.items, extra, data.n_users, data.n_items)
-        item_csr = sorted_csr(data.items, data.users, extra, data.n_items, data.n_users)
+        user_csr = build_csr(data.users, data.items, extra, data.n_users, data.n_items)
+        item_csr = build_csr(data.items, data.users, extra, data.n_items, data.n_users)
         k = cfg.embedding_size
         user_side: RowPlan | SparseRows
         item_side: RowPlan | SparseRows

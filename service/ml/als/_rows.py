@@ -109,26 +109,6 @@ def _make_chunk(csr: CSR, values: np.ndarray, rows: np.ndarray, device: torch.de
     )
 
 
-def sorted_csr(
-    rows: np.ndarray, cols: np.ndarray, values: np.ndarray | None, n_rows: int, n_cols: int
-) -> CSR:
-    """The (row, col, value) triples as a CSR, columns ascending within each row.
-
-    The same layout as `Interactions.user_csr()`, from one stable sort of the combined key
-    row·n_cols + col (torch's parallel sort) rather than a two-key `np.lexsort`.
-    """
-    key = torch.as_tensor(rows, dtype=torch.int64) * max(n_cols, 1)
-    key += torch.as_tensor(cols, dtype=torch.int64)
-    order = torch.sort(key, stable=True).indices.numpy()
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return CSR(
-        indptr=indptr,
-        indices=np.asarray(cols, dtype=np.int64)[order],
-        values=None if values is None else np.asarray(values, dtype=np.float32)[order],
-    )
-
-
 def with_zero_row(factors: torch.Tensor) -> torch.Tensor:
     """Factors (or a bias vector) with a zero row in front, so that padding (slot 0) gathers 0."""
     return torch.cat([factors.new_zeros((1, *factors.shape[1:])), factors])
@@ -212,7 +192,7 @@ def conjugate_gradient(
 class SparseRows:
     """One side's entries as a torch CSR matrix: sparse products without gathering factors.
 
-    `weighted_sum` is one sparse-dense product (Σ_j w_rj y_j per row) and `entry_dots` one
+    `weighted_sum` is one sparse-dense product (Σ_j w_rj y_j per row) and `sampled_dots` one
     sampled product (x_r · y_j at every entry), so a CG step costs O(nnz·k) with no padding.
     """
 
@@ -241,11 +221,6 @@ class SparseRows:
     def weighted_sum(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Σ_j values_rj · dense_j for every row r: (n_rows, k)."""
         return self.matrix(values, dense.shape[0]) @ dense
-
-    def entry_dots(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """rows_r · cols_j at every entry (r, j), in CSR order: (nnz,)."""
-        dots: torch.Tensor = self.sampled_dots(rows, cols.T).values()
-        return dots
 
     def sampled_dots(self, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
         """This pattern as a CSR matrix whose entry (r, j) is rows_r · cols_t[:, j]; its

@@ -206,12 +206,9 @@ class _ImplicitTrainer(FlexMFTrainer):
         loss, score_grad = score_gradients(config.loss, scores, config.positive_weight, weights)
         strength = config.regularization if config.reg_method == "L2" else 0.0
         user_grad, item_grad = row_gradients(user_rows, item_rows, score_grad, k, *biases, strength)
-        if strength:
-            loss = loss + strength * (
-                user_rows.square().sum() / len(rows)
-                + item_rows[:, 0].square().sum() / len(rows)
-                + item_rows[:, 1:].square().sum() / negatives.numel()
-            )
+        loss = loss + self.penalty(
+            user_rows, item_rows[:, 0], item_rows[:, 1:].reshape(-1, item_rows.shape[2])
+        )
         optimizer.zero_grad()
         optimizer.accumulate(model.user_table, users, user_grad)
         optimizer.accumulate(model.item_table, item_index, item_grad.view(len(item_index), -1))
