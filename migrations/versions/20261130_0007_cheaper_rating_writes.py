@@ -38,9 +38,7 @@ def upgrade() -> None:
     if _postgres():
         op.execute(f"ALTER TABLE users SET (fillfactor = {USERS_FILLFACTOR})")
         op.drop_index("ix_ratings_stored_at", table_name="ratings")
-        op.create_index(
-            "ix_ratings_stored_at", "ratings", ["stored_at"], postgresql_using="brin"
-        )
+        op.create_index("ix_ratings_stored_at", "ratings", ["stored_at"], postgresql_using="brin")
 
 
 def downgrade() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from service.db import postgres_upsert, sqlite_upsert
+from service.db import postgres_stage, postgres_upsert, sqlite_upsert
 
 
 @dataclass(slots=True)
@@ -21,9 +21,17 @@ class RatingBatch:
     items: list[str] = field(default_factory=list)
     ratings: list[float | None] = field(default_factory=list)
     event_times: list[datetime] = field(default_factory=list)
+    staged: bytes | None = field(default=None, repr=False, compare=False)
+    """The rows as PostgreSQL's staging path copies them, once `prepare_batch` made them."""
 
     def __len__(self) -> int:
         return len(self.users)
+
+
+def prepare_batch(batch: RatingBatch, dialect: str) -> None:
+    """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`."""
+    if dialect == "postgresql" and len(batch) >= postgres_stage.STAGE_MIN_ROWS:
+        batch.staged = postgres_stage.encode(batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +62,12 @@ def upsert_batches(
     one after another in this order (`nows[k]`: when batch k arrived). Users are locked in a
     fixed order first, so that concurrent writers on PostgreSQL wait instead of deadlocking.
     """
+    postgres = connection.dialect.name == "postgresql"
+    if postgres and len(batches) == 1 and len(batches[0]) >= postgres_stage.STAGE_MIN_ROWS:
+        return [_upsert_staged(connection, batches[0], nows[0])]
     winners = [_winning_rows(batch) for batch in batches]
     if not any(winners):
         return [UpsertCounts(0, 0, 0) for _ in batches]
-    postgres = connection.dialect.name == "postgresql"
     backend: Any = postgres_upsert if postgres else sqlite_upsert
     group_now = max(nows)
     cursor = _driver_cursor(connection)
@@ -97,6 +107,17 @@ def upsert_batches(
     finally:
         cursor.close()
     return counts
+
+
+def _upsert_staged(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
+    """Store one large batch through PostgreSQL's staging path (`db.postgres_stage`)."""
+    rows = batch.staged if batch.staged is not None else postgres_stage.encode(batch)
+    cursor = _driver_cursor(connection)
+    try:
+        inserted, updated = postgres_stage.write_batch(cursor, rows, now)
+    finally:
+        cursor.close()
+    return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
 
 
 def _driver_cursor(connection: Connection) -> Any:
