@@ -149,6 +149,57 @@ _UPSERT_ARRAYS_ONE_STORED_AT = _UPSERT.format(
     """
 )
 
+# One batch's rows, in any order (sorted here, so that row locks are taken in key order), one
+# stored-at time; the users whose ratings changed are touched in the same statement.
+_UPSERT_BATCH = """
+    WITH written AS (
+        INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
+        SELECT b.user_id, b.item_id, b.rating,
+               TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
+        FROM unnest(
+            %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
+            %(times)s::bigint[]
+        ) AS b(user_id, item_id, rating, event_us)
+        ORDER BY b.user_id, b.item_id
+        ON CONFLICT (user_id, item_id) DO UPDATE
+        SET rating = excluded.rating, event_at = excluded.event_at,
+            stored_at = excluded.stored_at
+        WHERE excluded.event_at >= ratings.event_at
+        RETURNING user_id, (xmax = 0) AS inserted
+    ),
+    touched AS (
+        UPDATE users SET history_version = history_version + 1,
+            history_changed_at = %(now)s::timestamptz
+        WHERE id IN (SELECT user_id FROM written)
+    )
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+"""
+
+
+def write_batch(
+    cursor: Any,
+    user_ids: list[int],
+    item_ids: list[int],
+    ratings: list[float | None],
+    event_times: list[datetime],
+    now: datetime,
+) -> tuple[int, int]:
+    """Upsert one batch's columns (one row per pair) and touch the users whose ratings changed.
+
+    Returns the rows inserted and the rows updated.
+    """
+    event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
+    parameters = {
+        "now": now,
+        "users": _array_literal(user_ids),
+        "items": _array_literal(item_ids),
+        "ratings": _array_literal(ratings),
+        "times": _array_literal(event_us),
+    }
+    inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
+    return int(inserted), int(updated)
+
+
 _CREATE_STAGE = """
     CREATE TEMPORARY TABLE IF NOT EXISTS rating_stage (
         user_id integer NOT NULL,

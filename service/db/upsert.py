@@ -77,9 +77,21 @@ def upsert_batches(
         item_names = {batch.items[i] for batch, rows in pairs for i in rows}
         user_ids = backend.resolve_users(cursor, sorted(user_names), group_now)
         item_ids = backend.resolve_items(cursor, sorted(item_names), group_now)
+        if postgres and len(batches) == 1:
+            # One batch: PostgreSQL's upsert itself tells inserted from updated rows.
+            batch, rows = pairs[0]
+            inserted, updated = postgres_upsert.write_batch(
+                cursor,
+                [user_ids[batch.users[i]] for i in rows],
+                [item_ids[batch.items[i]] for i in rows],
+                [batch.ratings[i] for i in rows],
+                [batch.event_times[i] for i in rows],
+                nows[0],
+            )
+            return [UpsertCounts(inserted, updated, len(batch) - inserted - updated)]
         time_key = backend.time_key
         # (batch index, user id, item id, rating, event time key, stored-at key), arrival order
-        rows = [
+        rows_in_order = [
             (
                 index,
                 user_ids[batch.users[i]],
@@ -91,17 +103,12 @@ def upsert_batches(
             for index, (batch, batch_winners) in enumerate(pairs)
             for i in batch_winners
         ]
-        if postgres and len(batches) == 1:
-            # One batch: PostgreSQL's upsert itself tells inserted from updated rows.
-            writes = sorted(row[1:] for row in rows)
-            inserted, updated, changed = backend.write_ratings(cursor, writes)
-            counts = [UpsertCounts(inserted, updated, len(batches[0]) - inserted - updated)]
-        else:
-            stored = backend.stored_times(cursor, sorted({(row[1], row[2]) for row in rows}))
-            counts, writes = _replay(rows, stored, [len(batch) for batch in batches])
-            if writes:
-                backend.write_ratings(cursor, writes)
-            changed = sorted({write[0] for write in writes})
+        pair_keys = sorted({(row[1], row[2]) for row in rows_in_order})
+        stored = backend.stored_times(cursor, pair_keys)
+        counts, writes = _replay(rows_in_order, stored, [len(batch) for batch in batches])
+        if writes:
+            backend.write_ratings(cursor, writes)
+        changed = sorted({write[0] for write in writes})
         if changed:
             backend.touch_users(cursor, changed, group_now)
     finally:
