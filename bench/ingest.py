@@ -217,7 +217,7 @@ def main() -> None:
         for backend in args.backends:
             with fresh_database(backend, workdir, "api") as url:
                 env = {"MFSERVE_ARTIFACT_DIR": str(workdir / "artifacts")}
-                with run_api_process(url, env=env) as server:
+                with run_api_process(url, env=env, startup_timeout=300) as server:
                     pid = server.process.pid
                     for connections in args.connections:
                         seconds = args.wrk_seconds
