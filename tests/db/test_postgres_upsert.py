@@ -12,7 +12,7 @@ from service.db import postgres_stage, queries
 from service.db.postgres_upsert import COPY_MIN_ROWS
 from service.db.session import make_sessionmaker, transaction
 from service.db.tables import ratings
-from service.db.upsert import UpsertCounts, upsert_ratings
+from service.db.upsert import UpsertCounts, upsert_batches, upsert_ratings
 from tests.db.test_rating_integrity import ORPHANS
 from tests.db.test_upsert import T0, batch, history, store, stored
 
@@ -126,3 +126,16 @@ def test_staged_writes_and_user_deletions_leave_no_orphans(staged: Engine) -> No
     assert errors == []
     with staged.connect() as connection:
         assert connection.execute(ORPHANS).scalar_one() == 0
+
+
+def test_a_group_of_batches_over_the_copy_size_keeps_the_rules(pg_engine: Engine) -> None:
+    first = batch(*[(f"u{n % 40}", f"i{n}", 1.0, 10) for n in range(COPY_MIN_ROWS)])
+    second = batch(("u0", "i0", 2.0, 10), ("u1", "i1", 2.0, 5), ("u1", "i1", 3.0, 20))
+    with transaction(make_sessionmaker(pg_engine, write=True)) as session:
+        counts = upsert_batches(session.connection(), [first, second], [T0, T0])
+    assert counts == [UpsertCounts(COPY_MIN_ROWS, 0, 0), UpsertCounts(0, 2, 1)]
+    result = stored(pg_engine)
+    assert len(result) == COPY_MIN_ROWS
+    assert result[("u0", "i0")] == (2.0, T0 + timedelta(seconds=10))
+    assert result[("u1", "i1")] == (3.0, T0 + timedelta(seconds=20))
+    assert history(pg_engine, "u1") == 1
