@@ -35,14 +35,16 @@ valid id holds a control character."""
 # a locked user cannot be deleted (`DELETE /users/{user}` locks it FOR UPDATE) before this
 # transaction ends: `ratings` has no foreign keys (migration 0006). Each statement of the
 # function reads a fresh snapshot, so the stored times are read under those locks. Existence
-# is checked before the inserts so that known ids do not use up sequence values.
+# is checked before the inserts so that known ids do not use up sequence values. Lookups are
+# scalar subqueries (one index probe per id) and id lists `= ANY`: as joins, the planner took
+# hash joins over whole-table scans while the tables' statistics were young.
 _CREATE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION pg_temp.mfserve_write_group(
     p_user_names text, p_item_names text,
     p_row_users integer[], p_row_items integer[], p_ratings double precision[],
     p_event_us bigint[], p_requests integer[], p_stored_us bigint[], p_now timestamptz
 ) RETURNS TABLE (request_index integer, inserted_rows bigint, updated_rows bigint)
-LANGUAGE plpgsql AS $function$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $function$
 DECLARE
     user_names text[] := string_to_array(p_user_names, chr(31));
     item_names text[] := string_to_array(p_item_names, chr(31));
@@ -54,16 +56,17 @@ BEGIN
     LOOP
         INSERT INTO users (external_id, created_at, history_changed_at, history_version)
         SELECT name, p_now, p_now, 0 FROM unnest(user_names) AS name
-        WHERE NOT EXISTS (SELECT FROM users AS known WHERE known.external_id = name)
+        WHERE (SELECT known.id FROM users AS known WHERE known.external_id = name) IS NULL
         ON CONFLICT (external_id) DO NOTHING;
-        SELECT array_agg(l.id ORDER BY l.ord), count(*) INTO user_ids, locked FROM (
-            SELECT wanted.ord, u.id
-            FROM unnest(user_names) WITH ORDINALITY AS wanted(name, ord)
-            JOIN users AS u ON u.external_id = wanted.name
-            ORDER BY u.external_id COLLATE "C" FOR NO KEY UPDATE OF u
-        ) AS l;
+        user_ids := ARRAY(
+            SELECT (SELECT u.id FROM users AS u WHERE u.external_id = wanted.name)
+            FROM unnest(user_names) WITH ORDINALITY AS wanted(name, ord) ORDER BY wanted.ord
+        );
+        PERFORM FROM users AS u WHERE u.id = ANY (user_ids)
+        ORDER BY u.external_id COLLATE "C" FOR NO KEY UPDATE;
+        GET DIAGNOSTICS locked = ROW_COUNT;
         EXIT WHEN locked = cardinality(user_names);
-        attempts := attempts + 1;  -- a user was deleted between its insert and its lock
+        attempts := attempts + 1;  -- a user was deleted between its lookup and its lock
         IF attempts >= {LOCK_ATTEMPTS} THEN
             RAISE EXCEPTION 'mfserve: users deleted faster than they could be locked';
         END IF;
@@ -71,12 +74,13 @@ BEGIN
 
     INSERT INTO items (external_id, tags, attributes, created_at, updated_at)
     SELECT name, '[]'::json, '{{}}'::json, p_now, p_now FROM unnest(item_names) AS name
-    WHERE NOT EXISTS (SELECT FROM items AS known WHERE known.external_id = name)
+    WHERE (SELECT known.id FROM items AS known WHERE known.external_id = name) IS NULL
     ON CONFLICT (external_id) DO NOTHING;
-    SELECT array_agg(i.id ORDER BY wanted.ord) INTO item_ids
-    FROM unnest(item_names) WITH ORDINALITY AS wanted(name, ord)
-    JOIN items AS i ON i.external_id = wanted.name;
-    IF coalesce(cardinality(item_ids), 0) <> cardinality(item_names) THEN
+    item_ids := ARRAY(
+        SELECT (SELECT i.id FROM items AS i WHERE i.external_id = wanted.name)
+        FROM unnest(item_names) WITH ORDINALITY AS wanted(name, ord) ORDER BY wanted.ord
+    );
+    IF array_position(item_ids, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'mfserve: an item vanished while its ratings were written';
     END IF;
 
@@ -90,13 +94,19 @@ BEGIN
         FROM unnest(p_row_users, p_row_items, p_ratings, p_event_us, p_requests)
             WITH ORDINALITY AS r(user_index, item_index, rating, event_us, request, ord)
     ),
+    looked_up AS MATERIALIZED (
+        SELECT a.*, (
+            SELECT s.event_at FROM ratings AS s
+            WHERE s.user_id = a.user_id AND s.item_id = a.item_id
+        ) AS stored_event_at
+        FROM arrived AS a
+    ),
     judged AS (
         SELECT a.*, CASE
-            WHEN s.event_at IS NULL AND count(*) OVER earlier = 0 THEN 1
-            WHEN a.event_at >= greatest(s.event_at, max(a.event_at) OVER earlier) THEN 2
+            WHEN a.stored_event_at IS NULL AND count(*) OVER earlier = 0 THEN 1
+            WHEN a.event_at >= greatest(a.stored_event_at, max(a.event_at) OVER earlier) THEN 2
             ELSE 0 END AS outcome
-        FROM arrived AS a
-        LEFT JOIN ratings AS s ON s.user_id = a.user_id AND s.item_id = a.item_id
+        FROM looked_up AS a
         WINDOW earlier AS (
             PARTITION BY a.user_id, a.item_id ORDER BY a.ord
             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
@@ -116,7 +126,7 @@ BEGIN
     ),
     touched AS (
         UPDATE users SET history_version = history_version + 1, history_changed_at = p_now
-        WHERE users.id IN (SELECT w.user_id FROM written AS w)
+        WHERE users.id = ANY (ARRAY(SELECT w.user_id FROM written AS w))
     )
     SELECT j.request, count(*) FILTER (WHERE j.outcome = 1),
            count(*) FILTER (WHERE j.outcome = 2)
