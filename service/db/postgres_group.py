@@ -3,7 +3,7 @@
 `upsert.upsert_batches` sends about ten statements per group, each a network round trip (and,
 in an API process, a wait for the interpreter lock on its way back). Here one session-local
 PL/pgSQL function (`pg_temp`, created once per connection) runs the same steps on the server,
-and the transaction's BEGIN, the call and the COMMIT go out in one pipeline flight.
+called as a transaction of its own: one statement, one round trip, committed when it answers.
 
 The outcome is `upsert_batches`' exactly: the batches as if upserted one after another,
 users created and locked in code-point order, unknown items created, histories touched.
@@ -147,7 +147,7 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 class GroupWriter:
-    """Writes and commits groups of batches on one psycopg connection, one flight per group.
+    """Writes and commits groups of batches on one psycopg connection, one round trip each.
 
     The connection must be idle (no transaction open) between calls; it is left idle.
     """
@@ -166,10 +166,13 @@ class GroupWriter:
         """
         params, sizes = _call_parameters(batches, nows)
         connection = self._connection
-        with connection.pipeline():
-            cursor = connection.execute(_CALL, params)
-            connection.commit()
-            result = cursor.fetchall()
+        # In autocommit mode the call is a transaction of its own, which the server commits
+        # before it answers: one round trip, and nothing stored should the call fail.
+        connection.autocommit = True
+        try:
+            result = connection.execute(_CALL, params).fetchall()
+        finally:
+            connection.autocommit = False
         inserted = [0] * len(batches)
         updated = [0] * len(batches)
         for request, request_inserted, request_updated in result:
