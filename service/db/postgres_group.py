@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg.pq import TransactionStatus
+
 from service.db.postgres_upsert import COPY_MIN_ROWS
 from service.db.upsert import RatingBatch, UpsertCounts, winning_rows
 
@@ -37,7 +39,9 @@ valid id holds a control character."""
 # function reads a fresh snapshot, so the stored times are read under those locks. Existence
 # is checked before the inserts so that known ids do not use up sequence values. Lookups are
 # scalar subqueries (one index probe per id) and id lists `= ANY`: as joins, the planner took
-# hash joins over whole-table scans while the tables' statistics were young.
+# hash joins over whole-table scans while the tables' statistics were young. Without seq scans
+# the id lists also stay on their index while `users` is small but full of dead versions (each
+# group touches its users); generic plans are made once per connection instead of per call.
 _CREATE_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION pg_temp.mfserve_write_group(
     p_user_names text, p_item_names text,
@@ -154,7 +158,7 @@ class GroupWriter:
 
     def __init__(self, connection: Any):
         self._connection = connection
-        if connection.info.transaction_status != 0:  # not idle: a pool ping's transaction
+        if connection.info.transaction_status != TransactionStatus.IDLE:  # a pool ping's
             connection.rollback()
         connection.execute(_CREATE_FUNCTION)
         connection.commit()
