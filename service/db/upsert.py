@@ -65,7 +65,7 @@ def upsert_batches(
     postgres = connection.dialect.name == "postgresql"
     if postgres and len(batches) == 1 and len(batches[0]) >= postgres_stage.STAGE_MIN_ROWS:
         return [_upsert_staged(connection, batches[0], nows[0])]
-    winners = [_winning_rows(batch) for batch in batches]
+    winners = [winning_rows(batch) for batch in batches]
     if not any(winners):
         return [UpsertCounts(0, 0, 0) for _ in batches]
     backend: Any = postgres_upsert if postgres else sqlite_upsert
@@ -138,7 +138,7 @@ def _driver_cursor(connection: Connection) -> Any:
     return raw.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
-def _winning_rows(batch: RatingBatch) -> list[int]:
+def winning_rows(batch: RatingBatch) -> list[int]:
     """Indices of the rows that win within the batch: newest time, ties to the later row."""
     if len(batch) == 1:
         return [0]
