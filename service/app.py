@@ -124,10 +124,12 @@ def create_app(settings: Settings) -> FastAPI:
             include_in_schema=False,
         )
     app.add_middleware(RequestId)
-    # In front of the layers above: serves `POST /ratings` itself, with the same rules.
+    # In front of the layers above: serves `POST /ratings` and the plain serving routes itself,
+    # with the same rules (the router keeps the latter for its 405s).
     app.add_middleware(
         HotRoutes,
         routes=ratings.HOT_ROUTES,
+        plain_routes=recommendations.HOT_ROUTES + scores.HOT_ROUTES,
         max_bytes=settings.max_body_bytes,
         metrics=metrics,
         exception_handlers=app.exception_handlers,

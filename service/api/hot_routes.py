@@ -3,24 +3,27 @@
 A call of `POST /ratings` is worth less than the request machinery around it: six middleware
 layers, the router, a `Request` and a `Response`. This layer serves such calls itself with the
 same rules as that machinery (the helpers of `request_id`, `limits` and `content_type`, the
-application's own exception handlers, the same metrics), reading the headers once. Every other
-request passes through untouched.
+application's own exception handlers, the same metrics), reading the headers once. The plain
+routes of the serving calls (`GET /recommend/{user}`, `POST /scores`) are served here too, with
+the same rules, when their path and method match; every other request passes through untouched.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.content_type import is_json_media_type, not_json_message
 from service.api.limits import too_large_message
 from service.api.request_id import HEADER as REQUEST_ID_HEADER
 from service.api.request_id import assign_request_id, usable_client_id
+from service.api.serving_deps import PlainEndpoint
 from service.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from service.metrics import ServiceMetrics
 
@@ -47,19 +50,24 @@ class HotRoutes:
         max_bytes: int,
         metrics: ServiceMetrics | None,
         exception_handlers: Mapping[Any, ExceptionHandler],
+        plain_routes: Sequence[Route] = (),
     ) -> None:
         self.app = app
         self.routes = dict(routes)
+        self.plain_routes = list(plain_routes)
+        """Templated routes (`serving_deps.plain_route`) whose endpoints this layer serves."""
         self.max_bytes = max_bytes
         self.metrics = metrics
         self.exception_handlers = exception_handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a hot call, or hand the request to the application."""
-        handler = (
-            self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
-        )
-        if handler is None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        handler = self.routes.get((scope["method"], scope["path"]))
+        plain = None if handler is not None else self._plain_route(scope)
+        if handler is None and plain is None:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -88,8 +96,12 @@ class HotRoutes:
             body = await self._body(receive)
             if body is None:
                 return  # the client went away: nobody to answer
-            status, reply = await handler(scope["state"]["service"], authorization, body)
-            headers = _JSON_HEADERS
+            if plain is not None:
+                status, reply, headers = await _serve_plain(plain, scope, body)
+            else:
+                assert handler is not None
+                status, reply = await handler(scope["state"]["service"], authorization, body)
+                headers = _JSON_HEADERS
         except Exception as exc:
             response = self._error_handler(exc)(Request(scope, receive), exc)
             if inspect.isawaitable(response):
@@ -109,9 +121,18 @@ class HotRoutes:
         )
         await send({"type": "http.response.body", "body": reply})
         if self.metrics is not None:
-            self.metrics.observe(
-                scope["method"], scope["path"], status, time.perf_counter() - start
-            )
+            label = scope["path"] if plain is None else plain.path
+            self.metrics.observe(scope["method"], label, status, time.perf_counter() - start)
+
+    def _plain_route(self, scope: Scope) -> Route | None:
+        """The plain route that matches the request in full (path and method), if any: a
+        path match with another method is left to the router (405)."""
+        for route in self.plain_routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)
+                return route
+        return None
 
     async def _body(self, receive: Receive) -> bytes | None:
         """The whole body (413 once it passes the limit); None when the client disconnected."""
@@ -136,6 +157,23 @@ class HotRoutes:
             if handler is not None:
                 return handler
         raise exc
+
+
+async def _serve_plain(
+    route: Route, scope: Scope, body: bytes
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A plain route's status, reply and headers, its endpoint given the body already read."""
+    endpoint = route.endpoint
+    if not isinstance(endpoint, PlainEndpoint):
+        raise TypeError(f"{route.path} is not a plain route")
+    scope["route"] = endpoint  # the route's label in the metrics, as `PlainEndpoint` sets it
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    response = await endpoint.handler(Request(scope, receive))
+    headers = [h for h in response.raw_headers if h[0] not in _SET_HERE]
+    return response.status_code, bytes(response.body), headers
 
 
 def _length(value: bytes) -> int | None:

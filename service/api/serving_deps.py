@@ -236,12 +236,12 @@ class PlainEndpoint:
 
     def __init__(self, path: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
         self.path = path
-        self._handler = handler
+        self.handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request."""
         scope["route"] = self
-        response = await self._handler(Request(scope, receive, send))
+        response = await self.handler(Request(scope, receive, send))
         await response(scope, receive, send)
 
 

@@ -64,3 +64,23 @@ def test_a_bug_is_a_500_naming_the_request_id(
     }
     assert reply.headers.get_list("x-request-id") == ["r-9"]
     assert "r-9" in caplog.text
+
+
+def test_the_plain_serving_routes_keep_the_stack_rules(client: TestClient) -> None:
+    recommended = client.get("/recommend/u?n=3", headers={"X-Request-ID": "r-1"})
+    assert recommended.status_code == 503  # served in front of the stack, no model yet
+    assert recommended.json()["error"] == "no_model"
+    assert recommended.headers.get_list("x-request-id") == ["r-1"]
+    bad_n = client.get("/recommend/u?n=x")
+    assert bad_n.status_code == 422
+    assert len(bad_n.headers["x-request-id"]) == 32
+    scored = client.post("/scores", json={"user": "u", "items": ["i"]})
+    assert scored.status_code == 503
+    not_json = client.post("/scores", content=b"{}", headers={"content-type": "text/plain"})
+    assert not_json.status_code == 415
+    assert client.post("/recommend/u").status_code == 405  # the router's answer
+    assert client.get("/recommend/batch").status_code == 405
+    text = client.get("/metrics").text
+    assert 'mfserve_requests_total{method="GET",route="/recommend/{user}",status="503"} 1.0' in text
+    assert 'mfserve_requests_total{method="GET",route="/recommend/{user}",status="422"} 1.0' in text
+    assert 'mfserve_requests_total{method="POST",route="/scores",status="415"} 1.0' in text
