@@ -111,21 +111,15 @@ def _array_literal(values: Iterable[object]) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
-# The guard keeps a newer stored rating; `xmax = 0` tells an inserted row from an updated one.
-# Every id comes from the users and items rows found or created (users: locked) beforehand in
-# this transaction; `ratings` has no foreign keys to check each row again (migration 0006).
+# The guard keeps a newer stored rating (the caller counted the outcome beforehand). Every id
+# comes from the users and items rows found or created (users: locked) beforehand in this
+# transaction; `ratings` has no foreign keys to check each row again (migration 0006).
 _UPSERT = """
-    WITH written AS (
-        INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
-        {rows}
-        ON CONFLICT (user_id, item_id) DO UPDATE
-        SET rating = excluded.rating, event_at = excluded.event_at,
-            stored_at = excluded.stored_at
-        WHERE excluded.event_at >= ratings.event_at
-        RETURNING user_id, (xmax = 0) AS inserted
-    )
-    SELECT user_id, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
-    FROM written GROUP BY user_id
+    INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
+    {rows}
+    ON CONFLICT (user_id, item_id) DO UPDATE
+    SET rating = excluded.rating, event_at = excluded.event_at, stored_at = excluded.stored_at
+    WHERE excluded.event_at >= ratings.event_at
 """
 
 _UPSERT_ARRAYS = _UPSERT.format(
@@ -149,6 +143,57 @@ _UPSERT_ARRAYS_ONE_STORED_AT = _UPSERT.format(
     """
 )
 
+# One batch's rows, in any order (sorted here, so that row locks are taken in key order), one
+# stored-at time; the users whose ratings changed are touched in the same statement.
+_UPSERT_BATCH = """
+    WITH written AS (
+        INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
+        SELECT b.user_id, b.item_id, b.rating,
+               TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
+        FROM unnest(
+            %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
+            %(times)s::bigint[]
+        ) AS b(user_id, item_id, rating, event_us)
+        ORDER BY b.user_id, b.item_id
+        ON CONFLICT (user_id, item_id) DO UPDATE
+        SET rating = excluded.rating, event_at = excluded.event_at,
+            stored_at = excluded.stored_at
+        WHERE excluded.event_at >= ratings.event_at
+        RETURNING user_id, (xmax = 0) AS inserted
+    ),
+    touched AS (
+        UPDATE users SET history_version = history_version + 1,
+            history_changed_at = %(now)s::timestamptz
+        WHERE id IN (SELECT user_id FROM written)
+    )
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+"""
+
+
+def write_batch(
+    cursor: Any,
+    user_ids: list[int],
+    item_ids: list[int],
+    ratings: list[float | None],
+    event_times: list[datetime],
+    now: datetime,
+) -> tuple[int, int]:
+    """Upsert one batch's columns (one row per pair) and touch the users whose ratings changed.
+
+    Returns the rows inserted and the rows updated.
+    """
+    event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
+    parameters = {
+        "now": now,
+        "users": _array_literal(user_ids),
+        "items": _array_literal(item_ids),
+        "ratings": _array_literal(ratings),
+        "times": _array_literal(event_us),
+    }
+    inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
+    return int(inserted), int(updated)
+
+
 _CREATE_STAGE = """
     CREATE TEMPORARY TABLE IF NOT EXISTS rating_stage (
         user_id integer NOT NULL,
@@ -170,22 +215,19 @@ _UPSERT_FROM_STAGE = _UPSERT.format(
 
 def write_ratings(
     cursor: Any, rows: list[tuple[int, int, float | None, datetime, datetime]]
-) -> tuple[int, int, list[int]]:
-    """Upsert (user id, item id, rating, event time, stored at) rows, one per pair, in key order.
-
-    Returns the rows inserted, the rows updated and the users whose ratings changed.
-    """
+) -> None:
+    """Upsert (user id, item id, rating, event time, stored at) rows, one per pair, in key order."""
     if len(rows) < COPY_MIN_ROWS:
         columns = list(zip(*rows, strict=True))
         event_us = ((time - _EPOCH) // _MICROSECOND for time in columns[3])
         stored_at = columns[4][0]
         if columns[4].count(stored_at) == len(rows):
             arrays = [_array_literal(column) for column in (*columns[:3], event_us)]
-            result = cursor.execute(_UPSERT_ARRAYS_ONE_STORED_AT, [stored_at, *arrays]).fetchall()
+            cursor.execute(_UPSERT_ARRAYS_ONE_STORED_AT, [stored_at, *arrays])
         else:
             stored_us = ((time - _EPOCH) // _MICROSECOND for time in columns[4])
             arrays = [_array_literal(column) for column in (*columns[:3], event_us, stored_us)]
-            result = cursor.execute(_UPSERT_ARRAYS, arrays).fetchall()
+            cursor.execute(_UPSERT_ARRAYS, arrays)
     else:
         cursor.execute(_CREATE_STAGE)
         cursor.execute("TRUNCATE rating_stage")  # rows of an earlier write of this transaction
@@ -193,11 +235,8 @@ def write_ratings(
             copy.set_types(["int4", "int4", "float8", "timestamptz", "timestamptz"])
             for row in rows:
                 copy.write_row(row)
-        result = cursor.execute(_UPSERT_FROM_STAGE).fetchall()
+        cursor.execute(_UPSERT_FROM_STAGE)
         cursor.execute("TRUNCATE rating_stage")
-    inserted = sum(row[1] for row in result)
-    updated = sum(row[2] for row in result)
-    return inserted, updated, sorted(row[0] for row in result)
 
 
 _TOUCH = """

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -96,7 +97,8 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(EXTERNAL_ID_LENGTH), unique=True)
     created_at: Mapped[datetime]
-    history_changed_at: Mapped[datetime] = mapped_column(index=True)
+    # Not indexed, so that the history touch of every rating write is a HOT update (0007).
+    history_changed_at: Mapped[datetime]
     """When a rating of this user was last added, replaced or deleted."""
     history_version: Mapped[int] = mapped_column(BigInteger, default=0)
     """Incremented by every change of this user's ratings; a snapshot records it to compare."""
@@ -131,8 +133,11 @@ class Rating(Base):
     rating: Mapped[float | None] = mapped_column(Float)
     event_at: Mapped[datetime]
     """When the interaction happened (the client's timestamp)."""
-    stored_at: Mapped[datetime] = mapped_column(index=True)
+    stored_at: Mapped[datetime]
     """When this row was last written; the worker counts rows stored after its snapshot."""
+
+    # BRIN on PostgreSQL (rows are appended in stored order), a B-tree on SQLite (0007).
+    __table_args__ = (Index("ix_ratings_stored_at", "stored_at", postgresql_using="brin"),)
 
 
 class UserAttributes(Base):

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from service.db import postgres_upsert, sqlite_upsert
+from service.db import postgres_stage, postgres_upsert, sqlite_upsert
 
 
 @dataclass(slots=True)
@@ -21,9 +21,17 @@ class RatingBatch:
     items: list[str] = field(default_factory=list)
     ratings: list[float | None] = field(default_factory=list)
     event_times: list[datetime] = field(default_factory=list)
+    staged: bytes | None = field(default=None, repr=False, compare=False)
+    """The rows as PostgreSQL's staging path copies them, once `prepare_batch` made them."""
 
     def __len__(self) -> int:
         return len(self.users)
+
+
+def prepare_batch(batch: RatingBatch, dialect: str) -> None:
+    """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`."""
+    if dialect == "postgresql" and len(batch) >= postgres_stage.STAGE_MIN_ROWS:
+        batch.staged = postgres_stage.encode(batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +62,12 @@ def upsert_batches(
     one after another in this order (`nows[k]`: when batch k arrived). Users are locked in a
     fixed order first, so that concurrent writers on PostgreSQL wait instead of deadlocking.
     """
+    postgres = connection.dialect.name == "postgresql"
+    if postgres and len(batches) == 1 and len(batches[0]) >= postgres_stage.STAGE_MIN_ROWS:
+        return [_upsert_staged(connection, batches[0], nows[0])]
     winners = [winning_rows(batch) for batch in batches]
     if not any(winners):
         return [UpsertCounts(0, 0, 0) for _ in batches]
-    postgres = connection.dialect.name == "postgresql"
     backend: Any = postgres_upsert if postgres else sqlite_upsert
     group_now = max(nows)
     cursor = _driver_cursor(connection)
@@ -67,9 +77,21 @@ def upsert_batches(
         item_names = {batch.items[i] for batch, rows in pairs for i in rows}
         user_ids = backend.resolve_users(cursor, sorted(user_names), group_now)
         item_ids = backend.resolve_items(cursor, sorted(item_names), group_now)
+        if postgres and len(batches) == 1:
+            # One batch: PostgreSQL's upsert itself tells inserted from updated rows.
+            batch, rows = pairs[0]
+            inserted, updated = postgres_upsert.write_batch(
+                cursor,
+                [user_ids[batch.users[i]] for i in rows],
+                [item_ids[batch.items[i]] for i in rows],
+                [batch.ratings[i] for i in rows],
+                [batch.event_times[i] for i in rows],
+                nows[0],
+            )
+            return [UpsertCounts(inserted, updated, len(batch) - inserted - updated)]
         time_key = backend.time_key
         # (batch index, user id, item id, rating, event time key, stored-at key), arrival order
-        rows = [
+        rows_in_order = [
             (
                 index,
                 user_ids[batch.users[i]],
@@ -81,22 +103,28 @@ def upsert_batches(
             for index, (batch, batch_winners) in enumerate(pairs)
             for i in batch_winners
         ]
-        if postgres and len(batches) == 1:
-            # One batch: PostgreSQL's upsert itself tells inserted from updated rows.
-            writes = sorted(row[1:] for row in rows)
-            inserted, updated, changed = backend.write_ratings(cursor, writes)
-            counts = [UpsertCounts(inserted, updated, len(batches[0]) - inserted - updated)]
-        else:
-            stored = backend.stored_times(cursor, sorted({(row[1], row[2]) for row in rows}))
-            counts, writes = _replay(rows, stored, [len(batch) for batch in batches])
-            if writes:
-                backend.write_ratings(cursor, writes)
-            changed = sorted({write[0] for write in writes})
+        pair_keys = sorted({(row[1], row[2]) for row in rows_in_order})
+        stored = backend.stored_times(cursor, pair_keys)
+        counts, writes = _replay(rows_in_order, stored, [len(batch) for batch in batches])
+        if writes:
+            backend.write_ratings(cursor, writes)
+        changed = sorted({write[0] for write in writes})
         if changed:
             backend.touch_users(cursor, changed, group_now)
     finally:
         cursor.close()
     return counts
+
+
+def _upsert_staged(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
+    """Store one large batch through PostgreSQL's staging path (`db.postgres_stage`)."""
+    rows = batch.staged if batch.staged is not None else postgres_stage.encode(batch)
+    cursor = _driver_cursor(connection)
+    try:
+        inserted, updated = postgres_stage.write_batch(cursor, rows, now)
+    finally:
+        cursor.close()
+    return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
 
 
 def _driver_cursor(connection: Connection) -> Any:

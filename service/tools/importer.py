@@ -23,7 +23,7 @@ from service.db.session import (
     refresh_statistics,
     transaction,
 )
-from service.db.upsert import RatingBatch, UpsertCounts, upsert_ratings
+from service.db.upsert import RatingBatch, UpsertCounts, prepare_batch, upsert_ratings
 from service.domain.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
 from service.tools.datasets import DatasetError, fetch_ml100k
 from service.tools.movielens_metadata import import_ml100k_metadata
@@ -226,12 +226,18 @@ _READ_AHEAD = 2
 
 
 def _checked_chunks(
-    path: Path, layout: FileLayout, settings: Settings, batch_size: int, *, skip_invalid: bool
+    path: Path,
+    layout: FileLayout,
+    settings: Settings,
+    batch_size: int,
+    dialect: str,
+    *,
+    skip_invalid: bool,
 ) -> Generator[_CheckedChunk]:
-    """Read and validate chunks in a thread, ahead of the caller storing them.
+    """Read, validate and prepare chunks in a thread, ahead of the caller storing them.
 
-    Reading and validating is the importer's own CPU work; storing mostly waits for the
-    database. Overlapping the two keeps both the importer and the database busy.
+    Reading, validating and encoding is the importer's own CPU work; storing mostly waits
+    for the database. Overlapping the two keeps both the importer and the database busy.
     """
     handoff: queue.Queue[_CheckedChunk | BaseException | None] = queue.Queue(_READ_AHEAD)
     stop = threading.Event()
@@ -250,6 +256,7 @@ def _checked_chunks(
             for chunk in read_chunks(path, layout, batch_size):
                 now = datetime.now(UTC)
                 batch, errors = validate_chunk(chunk, settings, now, skip_invalid=skip_invalid)
+                prepare_batch(batch, dialect)
                 if not hand(_CheckedChunk(chunk, batch, errors, now)):
                     return
             hand(None)
@@ -288,7 +295,9 @@ def import_file(
         check_schema(engine)
         sessions = make_sessionmaker(engine, write=True)
         total = count_lines(path) - (1 if layout.header else 0)
-        checked = _checked_chunks(path, layout, settings, batch_size, skip_invalid=skip_invalid)
+        checked = _checked_chunks(
+            path, layout, settings, batch_size, engine.dialect.name, skip_invalid=skip_invalid
+        )
         with (
             closing(checked),
             tqdm(total=total, unit=" rows", disable=not progress, file=sys.stderr) as bar,

@@ -69,3 +69,25 @@ def test_indexes_for_the_recommend_path_and_the_worker(database_url: str) -> Non
         assert ("stored_at",) in indexed
     finally:
         engine.dispose()
+
+
+def test_history_touches_update_no_indexed_column(database_url: str) -> None:
+    """The touch of every rating write may be a HOT update on PostgreSQL (0007)."""
+    engine = create_db_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        indexed = {c for index in inspector.get_indexes("users") for c in index["column_names"]}
+        assert not indexed & {"history_changed_at", "history_version"}
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as connection:
+                options = connection.exec_driver_sql(
+                    "SELECT reloptions FROM pg_class WHERE relname = 'users'"
+                ).scalar_one()
+                method = connection.exec_driver_sql(
+                    "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam"
+                    " WHERE c.relname = 'ix_ratings_stored_at'"
+                ).scalar_one()
+            assert options == ["fillfactor=70"]
+            assert method == "brin"
+    finally:
+        engine.dispose()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, func, select, text
 
+from service.db import postgres_stage, queries
 from service.db.postgres_upsert import COPY_MIN_ROWS
+from service.db.session import make_sessionmaker, transaction
 from service.db.tables import ratings
-from service.db.upsert import UpsertCounts
+from service.db.upsert import UpsertCounts, upsert_batches, upsert_ratings
+from tests.db.test_rating_integrity import ORPHANS
 from tests.db.test_upsert import T0, batch, history, store, stored
 
 
@@ -53,3 +57,85 @@ def test_every_copied_rating_has_its_user_and_item(pg_engine: Engine) -> None:
     with pg_engine.connect() as connection:
         assert connection.execute(orphans).scalar_one() == 0
         assert connection.execute(select(func.count()).select_from(ratings)).scalar_one() > 4_000
+
+
+@pytest.fixture
+def staged(pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """Every single batch takes the staging path (ids resolved on the server)."""
+    monkeypatch.setattr(postgres_stage, "STAGE_MIN_ROWS", 1)
+    return pg_engine
+
+
+def test_staged_batches_keep_the_upsert_rules(staged: Engine) -> None:
+    assert store(staged, batch(("u", "a", 3.0, 10), ("u", "b", None, 10))) == UpsertCounts(2, 0, 0)
+    assert history(staged, "u") == 1
+    assert store(staged, batch(("u", "a", 4.0, 20))) == UpsertCounts(0, 1, 0)
+    assert store(staged, batch(("u", "a", 1.0, 15))) == UpsertCounts(0, 0, 1)
+    assert history(staged, "u") == 2  # the ignored row changed nothing
+    rows = batch(("v", "a", 1.0, 10), ("v", "a", 2.0, 30), ("v", "a", 3.0, 20), ("v", "a", 5.0, 30))
+    assert store(staged, rows) == UpsertCounts(1, 0, 3)
+    assert store(staged, batch(("u", "b", 2.5, 10))) == UpsertCounts(0, 1, 0)  # equal: replaces
+    assert stored(staged) == {
+        ("u", "a"): (4.0, T0 + timedelta(seconds=20)),
+        ("u", "b"): (2.5, T0 + timedelta(seconds=10)),
+        ("v", "a"): (5.0, T0 + timedelta(seconds=30)),
+    }
+
+
+def test_staged_ids_round_trip(staged: Engine) -> None:
+    names = ["Zoë", "用户", "🙂 smile", "a" * 128, 'O\'Brien "quoted" \\ back', "\\N", "x\\ty"]
+    store(staged, batch(*[(name, name, 0.1 + n, n) for n, name in enumerate(names)]))
+    result = stored(staged)
+    assert {(name, name) for name in names} == set(result)
+    assert result[("\\N", "\\N")][0] == 5.1
+
+
+def test_staged_writes_and_user_deletions_leave_no_orphans(staged: Engine) -> None:
+    sessions = make_sessionmaker(staged, write=True)
+    names = [f"u{n}" for n in range(8)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for round_ in range(40):
+                rating = float(1 + round_ % 4)
+                rows = batch(*[(user, f"i{n}", rating, round_) for user in names for n in range(5)])
+                with transaction(sessions) as session:
+                    upsert_ratings(session, rows, now=T0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def delete() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                with transaction(sessions) as session:
+                    queries.delete_user(session, names[n % len(names)])
+                n += 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=delete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with staged.connect() as connection:
+        assert connection.execute(ORPHANS).scalar_one() == 0
+
+
+def test_a_group_of_batches_over_the_copy_size_keeps_the_rules(pg_engine: Engine) -> None:
+    first = batch(*[(f"u{n % 40}", f"i{n}", 1.0, 10) for n in range(COPY_MIN_ROWS)])
+    second = batch(("u0", "i0", 2.0, 10), ("u1", "i1", 2.0, 5), ("u1", "i1", 3.0, 20))
+    with transaction(make_sessionmaker(pg_engine, write=True)) as session:
+        counts = upsert_batches(session.connection(), [first, second], [T0, T0])
+    assert counts == [UpsertCounts(COPY_MIN_ROWS, 0, 0), UpsertCounts(0, 2, 1)]
+    result = stored(pg_engine)
+    assert len(result) == COPY_MIN_ROWS
+    assert result[("u0", "i0")] == (2.0, T0 + timedelta(seconds=10))
+    assert result[("u1", "i1")] == (3.0, T0 + timedelta(seconds=20))
+    assert history(pg_engine, "u1") == 1
