@@ -24,6 +24,17 @@ MAX_GROUP_ROWS = COPY_MIN_ROWS - 1
 """Most rows a group written here holds; larger writes take `upsert_batches`, whose COPY path
 suits them."""
 
+LONE_BATCH_MAX_ROWS = 99
+"""Most rows a group of one request holds to be written here; a larger lone batch takes
+`upsert_batches`, whose single set-based statement costs the server less per row."""
+
+
+def suits(batches: list[RatingBatch]) -> bool:
+    """Whether a group of requests' batches is written by `GroupWriter` in one round trip."""
+    rows = sum(map(len, batches))
+    return rows <= MAX_GROUP_ROWS and (len(batches) > 1 or rows <= LONE_BATCH_MAX_ROWS)
+
+
 LOCK_ATTEMPTS = 100
 """Rounds of create-then-lock the function tries while users are deleted under it."""
 

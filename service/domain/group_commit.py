@@ -196,7 +196,7 @@ class RatingWriter:
         batches = [request.batch for request in group]
         nows = [request.now for request in group]
         try:
-            if self._postgres and sum(map(len, batches)) <= postgres_group.MAX_GROUP_ROWS:
+            if self._postgres and postgres_group.suits(batches):
                 # Small groups, the many single ratings of concurrent clients: one round trip.
                 if self._group_writer is None:
                     self._group_writer = postgres_group.GroupWriter(
