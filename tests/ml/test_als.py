@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from service.ml.als import BiasedALS, BiasedALSConfig, ImplicitALS, ImplicitALSConfig, _common
+from service.ml.als import (
+    BiasedALS,
+    BiasedALSConfig,
+    ImplicitALS,
+    ImplicitALSConfig,
+    _common,
+    _implicit,
+)
 from service.ml.als._implicit import _SideSolver
 from service.ml.als._native import NativeRows
 from service.ml.als._rows import SparseRows, build_plan
@@ -120,6 +127,7 @@ def test_implicit_half_sweep_matches_dense_solves(solver: str) -> None:
 
 def test_native_and_torch_cg_train_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
     data = grouped_ratings()
+    monkeypatch.setattr(_implicit, "NATIVE_MIN_WORK", 0)  # tiny data: force the kernel
     config = ImplicitALSConfig(embedding_size=8, epochs=4, device="cpu", seed=5)
     native, native_losses = ImplicitALS(config), []
     native.fit(data, progress=lambda p: native_losses.append(p.loss))
@@ -151,8 +159,9 @@ def test_native_and_torch_biased_solves_agree(
     assert native_losses == pytest.approx(reference_losses, rel=1e-4)
 
 
-def test_cg_and_cholesky_models_agree(cpu_path: str) -> None:
+def test_cg_and_cholesky_models_agree(cpu_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     data = grouped_ratings()
+    monkeypatch.setattr(_implicit, "NATIVE_MIN_WORK", 0)
     base = {"embedding_size": 8, "epochs": 5, "device": "cpu", "seed": 3}
     exact = ImplicitALS(ImplicitALSConfig(solver="cholesky", **base))
     iterative = ImplicitALS(ImplicitALSConfig(solver="cg", cg_steps=8, **base))

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from service.ml.als._native import NativeRows
 
 
+NATIVE_MIN_WORK = 4_000_000
+"""Interactions times epochs from which CG runs in the compiled CPU kernel: loading it costs about a
+second of CPU once per process, which the torch path's sparse products undercut on less work."""
+
+
 class ImplicitALSConfig(ALSConfig):
     """Hyper-parameters of `als-implicit`.
 
@@ -106,7 +111,8 @@ class ImplicitALS(Recommender[ImplicitALSConfig]):
         k = cfg.embedding_size
         user_side: RowPlan | SparseRows | NativeRows
         item_side: RowPlan | SparseRows | NativeRows
-        if cfg.solver == "cg" and _common.use_native(device):
+        native = len(data) * cfg.epochs >= NATIVE_MIN_WORK and _common.use_native(device)
+        if cfg.solver == "cg" and native:
             from service.ml.als import _native
 
             # a row's fixed k-by-k product per CG step costs about k entries' work

@@ -20,8 +20,9 @@ from service.ml.data import CSR
 # numba falls back silently when it cannot write its cache beside the source; cache only then
 _CACHE = os.access(os.path.dirname(__file__), os.W_OK)
 
-BLOCKS_PER_THREAD = 8
-"""Equal-work row blocks per thread: enough that a descheduled thread delays little."""
+BLOCKS_PER_THREAD = 32
+"""Equal-work row blocks per thread, handed out one at a time: a thread that the OS deschedules
+(a shared machine) holds back one small block, not a fixed half of the rows."""
 
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -51,6 +52,7 @@ class NativeRows:
 def set_threads() -> None:
     """Run the kernels on as many threads as torch uses (the worker's and the bench's setting)."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), _max_threads())))
+    numba.set_parallel_chunksize(1)  # dynamic: each thread takes the next block when done
 
 
 def _max_threads() -> int:
@@ -134,6 +136,11 @@ def _implicit_cg(  # type: ignore[no-untyped-def]
         residual = np.empty(k, np.float32)
         direction = np.empty(k, np.float32)
         product = np.empty(k, np.float32)
+        longest = 0
+        for row in range(bounds[block], bounds[block + 1]):
+            longest = max(longest, indptr[row + 1] - indptr[row])
+        # the row's fixed factors, gathered once: the CG steps then read them in order
+        gathered = np.empty((longest, k), np.float32)
         loss = 0.0
         for row in range(bounds[block], bounds[block + 1]):
             start, stop = indptr[row], indptr[row + 1]
@@ -150,14 +157,16 @@ def _implicit_cg(  # type: ignore[no-untyped-def]
             for e in range(start, stop):
                 j = indices[e]
                 weight = extra[e]
+                y = gathered[e - start]
                 score = np.float32(0.0)
                 for c in range(k):
-                    score += fixed[j, c] * x[c]
+                    y[c] = fixed[j, c]
+                    score += y[c] * x[c]
                 if with_loss:
                     loss += (weight + 1.0) * (1.0 - score) ** 2 - score * score
                 coefficient = 1.0 + weight - weight * score
                 for c in range(k):
-                    residual[c] += coefficient * fixed[j, c]
+                    residual[c] += coefficient * y[c]
             rs_old = np.float32(0.0)
             for a in range(k):
                 direction[a] = residual[a]
@@ -170,14 +179,13 @@ def _implicit_cg(  # type: ignore[no-untyped-def]
                     for c in range(k):
                         acc += base[a, c] * direction[c]
                     product[a] = acc
-                for e in range(start, stop):
-                    j = indices[e]
+                for e in range(stop - start):
                     score = np.float32(0.0)
                     for c in range(k):
-                        score += fixed[j, c] * direction[c]
-                    score *= extra[e]
+                        score += gathered[e, c] * direction[c]
+                    score *= extra[start + e]
                     for c in range(k):
-                        product[c] += score * fixed[j, c]
+                        product[c] += score * gathered[e, c]
                 denominator = np.float32(0.0)
                 for a in range(k):
                     denominator += direction[a] * product[a]
