@@ -206,7 +206,7 @@ def main() -> None:
     ]
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
     results: list[tuple[str, str, float]] = []
-    latencies: list[tuple[str, int, float, float, float, float, float]] = []
+    latencies: list[tuple[str, int, float, float, float, float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="mfserve-bench-") as tmp:
         workdir = Path(tmp)
         for backend in args.backends:
@@ -222,18 +222,21 @@ def main() -> None:
                         )
                         health_cpu = (process_cpu_seconds(pid) - cpu) / (health * seconds)
                         cpu = process_cpu_seconds(pid)
+                        db_cpu = database_cpu_seconds(url)
                         rate, p99 = wrk_rate(server.base_url, connections, seconds, workdir)
                         rate_cpu = (process_cpu_seconds(pid) - cpu) / (rate * seconds)
+                        db_cpu = (database_cpu_seconds(url) - db_cpu) / (rate * seconds)
                         path = f"wrk, one rating per request, {connections} connections"
                         results.append((backend, path, rate))
                         latencies.append(
-                            (backend, connections, rate, p99, health, rate_cpu, health_cpu)
+                            (backend, connections, rate, p99, health, rate_cpu, health_cpu, db_cpu)
                         )
                         print(
                             f"{backend:10} wrk c={connections:<3}    {rate:>10,.0f} ratings/s"
                             f"  p99 {p99:,.0f} ms  /healthz {health:,.0f}/s"
                             f"  ratio {rate / health:.2f}  API CPU {rate_cpu * 1e6:,.0f} us"
-                            f" per rating, {health_cpu * 1e6:,.0f} us per /healthz",
+                            f" per rating, {health_cpu * 1e6:,.0f} us per /healthz;"
+                            f" PostgreSQL CPU {db_cpu * 1e6:,.0f} us per rating",
                             flush=True,
                         )
                     for size in args.sizes:
@@ -269,12 +272,14 @@ def main() -> None:
         print(f"| {backend} | {path} | {rate:,.0f} |")
     print(
         "\n| backend | connections | ratings/s | p99 | /healthz/s | ratio"
-        " | API CPU us/rating | API CPU us/healthz |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        " | API CPU us/rating | API CPU us/healthz | PostgreSQL CPU us/rating |"
+        "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
-    for backend, connections, rate, p99, health, rate_cpu, health_cpu in latencies:
+    for backend, connections, rate, p99, health, rate_cpu, health_cpu, db_cpu in latencies:
         print(
             f"| {backend} | {connections} | {rate:,.0f} | {p99:,.0f} ms | {health:,.0f}"
-            f" | {rate / health:.2f} | {rate_cpu * 1e6:,.0f} | {health_cpu * 1e6:,.0f} |"
+            f" | {rate / health:.2f} | {rate_cpu * 1e6:,.0f} | {health_cpu * 1e6:,.0f}"
+            f" | {db_cpu * 1e6:,.0f} |"
         )
 
 

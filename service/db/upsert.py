@@ -54,7 +54,7 @@ def upsert_batches(
     one after another in this order (`nows[k]`: when batch k arrived). Users are locked in a
     fixed order first, so that concurrent writers on PostgreSQL wait instead of deadlocking.
     """
-    winners = [_winning_rows(batch) for batch in batches]
+    winners = [winning_rows(batch) for batch in batches]
     if not any(winners):
         return [UpsertCounts(0, 0, 0) for _ in batches]
     postgres = connection.dialect.name == "postgresql"
@@ -110,7 +110,7 @@ def _driver_cursor(connection: Connection) -> Any:
     return raw.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
-def _winning_rows(batch: RatingBatch) -> list[int]:
+def winning_rows(batch: RatingBatch) -> list[int]:
     """Indices of the rows that win within the batch: newest time, ties to the later row."""
     if len(batch) == 1:
         return [0]

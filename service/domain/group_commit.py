@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from service.db import postgres_group
 from service.db.session import WRITE_OPTION
 from service.db.upsert import RatingBatch, UpsertCounts, upsert_batches
 
@@ -58,6 +59,8 @@ class RatingWriter:
     ):
         self._engine = engine.execution_options(**{WRITE_OPTION: True})
         self._connection: Connection | None = None
+        self._postgres = engine.dialect.name == "postgresql"
+        self._group_writer: postgres_group.GroupWriter | None = None
         self._max_group_rows = max_group_rows
         self._gather_seconds = gather_seconds
         self._last_group_size = 0
@@ -190,13 +193,19 @@ class RatingWriter:
         if self._connection is None:
             self._connection = self._engine.connect()
         connection = self._connection
+        batches = [request.batch for request in group]
+        nows = [request.now for request in group]
         try:
-            with connection.begin():
-                counts = upsert_batches(
-                    connection,
-                    [request.batch for request in group],
-                    [request.now for request in group],
-                )
+            if self._postgres and sum(map(len, batches)) <= postgres_group.MAX_GROUP_ROWS:
+                # Small groups, the many single ratings of concurrent clients: one round trip.
+                if self._group_writer is None:
+                    self._group_writer = postgres_group.GroupWriter(
+                        connection.connection.driver_connection
+                    )
+                counts = self._group_writer.write(batches, nows)
+            else:
+                with connection.begin():
+                    counts = upsert_batches(connection, batches, nows)
         except BaseException:
             self._drop_connection()  # it may be broken: the next transaction takes a new one
             raise
@@ -206,6 +215,7 @@ class RatingWriter:
     def _drop_connection(self) -> None:
         """Close the writer's connection, if it has one (errors closing it do not matter)."""
         connection, self._connection = self._connection, None
+        self._group_writer = None
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()

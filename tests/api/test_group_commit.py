@@ -7,14 +7,17 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select, text
 
 from service.db.session import WRITE_OPTION
 from service.db.tables import ratings
+from service.db.upsert import RatingBatch, UpsertCounts
 from service.domain.group_commit import RatingWriter
 from tests.support.server import ApiProcess
 
@@ -156,3 +159,28 @@ def test_kill_9_under_load_loses_no_acknowledged_rating(
     stored = {(user, item) for user, item in rows}
     missing = [key for key in acknowledged if key not in stored]
     assert not missing, f"{len(missing)} acknowledged ratings lost, e.g. {missing[:5]}"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_group_the_server_refuses_is_retried_request_by_request(engine: Engine) -> None:
+    # Validation cannot catch everything the server refuses; here an id over the column's
+    # length (PostgreSQL checks it, SQLite does not) fails the one-round-trip group write.
+    def one(user: str, item: str) -> RatingBatch:
+        return RatingBatch([user], [item], [3.0], [datetime(2024, 1, 1, tzinfo=UTC)])
+
+    now = datetime.now(UTC)
+    writer = RatingWriter(engine)
+    try:
+        with writers_blocked(engine):
+            first = writer.submit(one("u0", "i0"), now=now)
+            wait_for(lambda: writer.writing and writer.queued == 0, "the first group to start")
+            group = [one("u1", "i1"), one("x" * 300, "i2"), one("u3", "i3")]
+            futures = [writer.submit(rows, now=now) for rows in group]
+        assert first.result(HANG_GUARD_S) == UpsertCounts(1, 0, 0)
+        assert futures[0].result(HANG_GUARD_S) == UpsertCounts(1, 0, 0)
+        with pytest.raises(Exception, match="too long"):
+            futures[1].result(HANG_GUARD_S)
+        assert futures[2].result(HANG_GUARD_S) == UpsertCounts(1, 0, 0)
+    finally:
+        writer.close()
+    assert stored_count(engine) == 3
