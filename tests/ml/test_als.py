@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from service.ml.als import BiasedALS, BiasedALSConfig, ImplicitALS, ImplicitALSConfig
+from service.ml.als import (
+    BiasedALS,
+    BiasedALSConfig,
+    ImplicitALS,
+    ImplicitALSConfig,
+    _common,
+    _implicit,
+)
 from service.ml.als._implicit import _SideSolver
+from service.ml.als._native import NativeRows
 from service.ml.als._rows import SparseRows, build_plan
 from service.ml.base import TrainingProgress
 from service.ml.data import Interactions, Vocabulary, build_csr
@@ -87,7 +95,15 @@ def test_build_csr_matches_a_two_key_lexsort_on_shuffled_input() -> None:
     assert build_csr(users, items, None, data.n_users, data.n_items).values is None
 
 
-@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+@pytest.fixture(params=["native", "torch"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the compiled CPU kernels and again on the torch path CUDA uses."""
+    if request.param == "torch":
+        monkeypatch.setattr(_common, "use_native", lambda device: False)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg", "native"])
 def test_implicit_half_sweep_matches_dense_solves(solver: str) -> None:
     data = _binary()
     fixed = torch.randn(data.n_items, 4, generator=torch.Generator().manual_seed(1))
@@ -95,20 +111,57 @@ def test_implicit_half_sweep_matches_dense_solves(solver: str) -> None:
     weighted = Interactions(data.users, data.items, values, data.user_ids, data.item_ids)
     expected = _dense_implicit_rows(data, fixed, 0.1, 40.0)
     target = torch.zeros(data.n_users, 4)
-    solve = _SideSolver(0.1, solver, cg_steps=4)
+    solve = _SideSolver(0.1, "cholesky" if solver == "cholesky" else "cg", cg_steps=4)
     if solver == "cholesky":
         solve(build_plan(weighted.user_csr(), 4, CPU), fixed, target)
         torch.testing.assert_close(target, expected, atol=1e-4, rtol=1e-4)
     else:
         # k steps of exact-arithmetic CG solve a k-dimensional system; warm starts converge
-        side = SparseRows(weighted.user_csr(), CPU)
+        csr = weighted.user_csr()
+        assert csr.values is not None
+        side = SparseRows(csr, CPU) if solver == "cg" else NativeRows(csr, csr.values, 4)
         for _ in range(3):
             solve(side, fixed, target)
         torch.testing.assert_close(target, expected, atol=1e-3, rtol=1e-3)
 
 
-def test_cg_and_cholesky_models_agree() -> None:
+def test_native_and_torch_cg_train_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
     data = grouped_ratings()
+    monkeypatch.setattr(_implicit, "NATIVE_MIN_WORK", 0)  # tiny data: force the kernel
+    config = ImplicitALSConfig(embedding_size=8, epochs=4, device="cpu", seed=5)
+    native, native_losses = ImplicitALS(config), []
+    native.fit(data, progress=lambda p: native_losses.append(p.loss))
+    monkeypatch.setattr(_common, "use_native", lambda device: False)
+    reference, reference_losses = ImplicitALS(config), []
+    reference.fit(data, progress=lambda p: reference_losses.append(p.loss))
+    users = torch.arange(data.n_users)
+    torch.testing.assert_close(
+        native.score_users(users), reference.score_users(users), atol=1e-4, rtol=1e-3
+    )
+    assert native_losses == pytest.approx(reference_losses, rel=1e-4)
+
+
+@pytest.mark.parametrize("bias_updates", [True, False])
+def test_native_and_torch_biased_solves_agree(
+    bias_updates: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = grouped_ratings()
+    config = BiasedALSConfig(embedding_size=6, epochs=4, bias_updates=bias_updates)
+    native, native_losses = BiasedALS(config), []
+    native.fit(data, progress=lambda p: native_losses.append(p.loss))
+    monkeypatch.setattr(_common, "use_native", lambda device: False)
+    reference, reference_losses = BiasedALS(config), []
+    reference.fit(data, progress=lambda p: reference_losses.append(p.loss))
+    users = torch.arange(data.n_users)
+    torch.testing.assert_close(
+        native.score_users(users), reference.score_users(users), atol=1e-4, rtol=1e-3
+    )
+    assert native_losses == pytest.approx(reference_losses, rel=1e-4)
+
+
+def test_cg_and_cholesky_models_agree(cpu_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = grouped_ratings()
+    monkeypatch.setattr(_implicit, "NATIVE_MIN_WORK", 0)
     base = {"embedding_size": 8, "epochs": 5, "device": "cpu", "seed": 3}
     exact = ImplicitALS(ImplicitALSConfig(solver="cholesky", **base))
     iterative = ImplicitALS(ImplicitALSConfig(solver="cg", cg_steps=8, **base))
@@ -140,7 +193,7 @@ def test_exact_implicit_loss_never_increases() -> None:
 
 
 @pytest.mark.parametrize("bias_updates", [True, False])
-def test_biased_fold_in_reproduces_trained_user(bias_updates: bool) -> None:
+def test_biased_fold_in_reproduces_trained_user(bias_updates: bool, cpu_path: str) -> None:
     data = grouped_ratings()
     config = BiasedALSConfig(embedding_size=6, epochs=5, bias_updates=bias_updates)
     model = BiasedALS(config)
@@ -167,7 +220,7 @@ def test_fixed_biases_are_lenskit_damped_means() -> None:
     assert model.item_parameters().global_bias == pytest.approx(mean)
 
 
-def test_biased_learns_and_accepts_separate_regularization() -> None:
+def test_biased_learns_and_accepts_separate_regularization(cpu_path: str) -> None:
     data = grouped_ratings()
     reports: list[TrainingProgress] = []
     config = BiasedALSConfig.model_validate(

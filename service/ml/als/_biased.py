@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.ml.als import _common
 from service.ml.als._common import (
     ALSConfig,
     history_tensors,
@@ -35,8 +36,11 @@ from service.ml.base import (
     Recommender,
     UserVector,
 )
-from service.ml.data import IndexArray, Interactions, ValueArray, build_csr
+from service.ml.data import CSR, IndexArray, Interactions, ValueArray, build_csr
 from service.ml.device import resolve_device
+
+if TYPE_CHECKING:
+    from service.ml.als._native import NativeRows
 
 
 class UserItemPair(BaseModel):
@@ -129,21 +133,21 @@ class BiasedALS(Recommender[BiasedALSConfig]):
         user_csr = build_csr(data.users, data.items, centered, data.n_users, data.n_items)
         item_csr = build_csr(data.items, data.users, centered, data.n_items, data.n_users)
         k = cfg.embedding_size
-        user_plan = build_plan(user_csr, k + 1, device, cfg.chunk_elements)
-        item_plan = build_plan(item_csr, k + 1, device, cfg.chunk_elements)
+        user_rows = _side_rows(user_csr, k, device, cfg.chunk_elements)
+        item_rows = _side_rows(item_csr, k, device, cfg.chunk_elements)
         users = initial_factors(data.n_users, k, cfg.init_scale, cfg.seed).to(device)
         items = torch.zeros((data.n_items, k), device=device)
-        users[user_plan.empty_rows] = 0.0
+        users[torch.as_tensor(user_csr.counts() == 0, device=device)] = 0.0
         user_b = torch.as_tensor(user_bias, dtype=torch.float32, device=device)
         item_b = torch.as_tensor(item_bias, dtype=torch.float32, device=device)
         user_penalties = (cfg.side_regularization("user"), cfg.damping, cfg.bias_updates)
         item_penalties = (cfg.side_regularization("item"), cfg.damping, cfg.bias_updates)
 
         def sweep() -> float:
-            _solve_side(item_plan, users, user_b, items, item_b, *item_penalties)
-            squared = _solve_side(user_plan, items, item_b, users, user_b, *user_penalties)
+            _solve_side(item_rows, users, user_b, items, item_b, item_penalties)
+            squared = _solve_side(user_rows, items, item_b, users, user_b, user_penalties)
             synchronize(device)
-            return math.sqrt(squared / max(user_plan.nnz, 1))
+            return math.sqrt(squared / max(len(data), 1))
 
         self.user_ids, self.item_ids, self.device = data.user_ids, data.item_ids, device
         self._global_bias = global_bias
@@ -244,7 +248,39 @@ def _penalty(
     return penalty
 
 
+def _side_rows(csr: CSR, k: int, device: torch.device, chunk_elements: int) -> RowPlan | NativeRows:
+    """One side's rows as the compiled kernel (CPU) or the padded torch chunks take them."""
+    if _common.use_native(device):
+        from service.ml.als import _native
+
+        assert csr.values is not None
+        # factoring a row's (k+1)-square system costs about (k+1)/3 entries' Gram updates
+        return _native.NativeRows(csr, csr.values, (k + 1) // 3)
+    return build_plan(csr, k + 1, device, chunk_elements)
+
+
 def _solve_side(
+    rows: RowPlan | NativeRows,
+    fixed: torch.Tensor,
+    fixed_bias: torch.Tensor,
+    target: torch.Tensor,
+    target_bias: torch.Tensor,
+    penalties: tuple[float, float, bool],
+) -> float:
+    """Solve every row of one side in place; returns the summed squared training error.
+
+    The rows' values are ratings minus the global mean; the fixed side's biases are subtracted
+    here. With `bias_updates` each row solves [factors, bias] against [fixed factors, 1].
+    `penalties` is (λ per rating, damping, bias_updates).
+    """
+    if not isinstance(rows, RowPlan):
+        from service.ml.als._native import biased_solve
+
+        return biased_solve(rows, fixed, fixed_bias, target, target_bias, penalties)
+    return _solve_plan(rows, fixed, fixed_bias, target, target_bias, *penalties)
+
+
+def _solve_plan(
     plan: RowPlan,
     fixed: torch.Tensor,
     fixed_bias: torch.Tensor,
@@ -254,11 +290,7 @@ def _solve_side(
     damping: float,
     bias_updates: bool,
 ) -> float:
-    """Solve every row of one side in place; returns the summed squared training error.
-
-    The plan's values are ratings minus the global mean; the fixed side's biases are subtracted
-    here. With `bias_updates` each row solves [factors, bias] against [fixed factors, 1].
-    """
+    """The torch path of `_solve_side`: padded chunks of similar-length rows, batched Cholesky."""
     k = fixed.shape[1]
     device = fixed.device
     squared = torch.zeros((), device=device, dtype=torch.float64)

@@ -78,6 +78,11 @@ def run_sweeps(
     return losses
 
 
+def use_native(device: torch.device) -> bool:
+    """Whether row solves on `device` run in the compiled CPU kernels (else the torch path)."""
+    return device.type == "cpu"
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so timings and progress are honest."""
     if device.type == "cuda":

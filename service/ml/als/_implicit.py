@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
+from service.ml.als import _common
 from service.ml.als._common import (
     ALSConfig,
     history_tensors,
@@ -34,8 +35,16 @@ from service.ml.base import (
     Recommender,
     UserVector,
 )
-from service.ml.data import IndexArray, Interactions, ValueArray, build_csr
+from service.ml.data import CSR, IndexArray, Interactions, ValueArray, build_csr
 from service.ml.device import resolve_device
+
+if TYPE_CHECKING:
+    from service.ml.als._native import NativeRows
+
+
+NATIVE_MIN_WORK = 4_000_000
+"""Interactions times epochs from which CG runs in the compiled CPU kernel: loading it costs about a
+second of CPU once per process, which the torch path's sparse products undercut on less work."""
 
 
 class ImplicitALSConfig(ALSConfig):
@@ -100,9 +109,16 @@ class ImplicitALS(Recommender[ImplicitALSConfig]):
         user_csr = build_csr(data.users, data.items, extra, data.n_users, data.n_items)
         item_csr = build_csr(data.items, data.users, extra, data.n_items, data.n_users)
         k = cfg.embedding_size
-        user_side: RowPlan | SparseRows
-        item_side: RowPlan | SparseRows
-        if cfg.solver == "cg":
+        user_side: RowPlan | SparseRows | NativeRows
+        item_side: RowPlan | SparseRows | NativeRows
+        native = len(data) * cfg.epochs >= NATIVE_MIN_WORK and _common.use_native(device)
+        if cfg.solver == "cg" and native:
+            from service.ml.als import _native
+
+            # a row's fixed k-by-k product per CG step costs about k entries' work
+            user_side = _native.NativeRows(user_csr, extra_of(user_csr), k)
+            item_side = _native.NativeRows(item_csr, extra_of(item_csr), k)
+        elif cfg.solver == "cg":
             user_side = SparseRows(user_csr, device)
             item_side = SparseRows(item_csr, device)
         else:
@@ -182,6 +198,12 @@ def _extra_confidence(values: ValueArray | None, n: int, weight: float) -> Value
     return (weight * values).astype(np.float32)
 
 
+def extra_of(csr: CSR) -> ValueArray:
+    """The CSR's confidence-minus-one values (`build_csr` was given them, so they are present)."""
+    assert csr.values is not None
+    return csr.values
+
+
 class _SideSolver:
     """Solves every row of one side of implicit ALS against the other side's fixed factors."""
 
@@ -192,7 +214,7 @@ class _SideSolver:
 
     def __call__(
         self,
-        side: RowPlan | SparseRows,
+        side: RowPlan | SparseRows | NativeRows,
         fixed: torch.Tensor,
         target: torch.Tensor,
         with_loss: bool = True,
@@ -204,7 +226,11 @@ class _SideSolver:
         base = fixed.T @ fixed + self.regularization * torch.eye(k, device=fixed.device)
         if isinstance(side, SparseRows):
             return self._conjugate_gradient(side, fixed, target, base, with_loss)
-        return self._cholesky(side, fixed, target, base)
+        if isinstance(side, RowPlan):
+            return self._cholesky(side, fixed, target, base)
+        from service.ml.als._native import implicit_cg
+
+        return implicit_cg(side, fixed, base, target, self.cg_steps, with_loss)
 
     def _conjugate_gradient(
         self,
