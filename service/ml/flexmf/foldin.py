@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch.nn import functional as F
 
@@ -143,6 +146,19 @@ class _ExpectedLoss:
             c_neg = self.w_neg * self.q * p_neg * (1 - p_neg)
             hess = (self.pos.T * c_pos) @ self.pos + (self.neg.T * c_neg) @ self.neg
         return grad + self.reg * z, hess + self.reg * eye
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block (restoring the count after): for
+    loops of small products, where a second thread buys nothing and each product would pay
+    a thread barrier (long waits on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def implicit_fold_in(

@@ -12,7 +12,7 @@ from service.ml.base import ProgressCallback, UserVector
 from service.ml.data import IndexArray, Interactions, ValueArray
 from service.ml.device import resolve_device, seeded_generator
 from service.ml.flexmf.config import FlexMFImplicitConfig
-from service.ml.flexmf.foldin import implicit_fold_in
+from service.ml.flexmf.foldin import implicit_fold_in, one_thread
 from service.ml.flexmf.implicit_step import batch_scores, row_gradients, score_gradients
 from service.ml.flexmf.losses import logistic_loss, pairwise_loss, warp_loss
 from service.ml.flexmf.model import FlexMFParameters
@@ -141,15 +141,16 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
         sample = rng.choice(candidates, size=min(CALIBRATION_USERS, len(candidates)), replace=False)
         overlap = np.zeros(len(CALIBRATION_GRID))
         n = min(10, self.n_items)
-        for user in sample:
-            u_items, _ = csr.row(int(user))
-            index = torch.as_tensor(np.unique(u_items), device=self.device)
-            u = torch.as_tensor([int(user)], device=self.device)
-            trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
-            for g, reg in enumerate(CALIBRATION_GRID):
-                x, b = self._fold(index, reg, CALIBRATION_NEGATIVES)
-                scores = self.score_user_vector(UserVector(x, float(b), True))
-                overlap[g] += len(trained & set(torch.topk(scores, n).indices.tolist()))
+        with one_thread():  # small products: a second thread would only add barriers
+            for user in sample:
+                u_items, _ = csr.row(int(user))
+                index = torch.as_tensor(np.unique(u_items), device=self.device)
+                u = torch.as_tensor([int(user)], device=self.device)
+                trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
+                for g, reg in enumerate(CALIBRATION_GRID):
+                    x, b = self._fold(index, reg, CALIBRATION_NEGATIVES)
+                    scores = self.score_user_vector(UserVector(x, float(b), True))
+                    overlap[g] += len(trained & set(torch.topk(scores, n).indices.tolist()))
         return float(CALIBRATION_GRID[int(np.argmax(overlap))])
 
     def extra_metadata(self) -> dict[str, Any]:
