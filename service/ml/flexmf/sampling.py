@@ -108,11 +108,18 @@ class NegativeSampler:
         candidates = self._draw((len(users), count))
         if self.keys is None and self.bitmap is None:
             return candidates
+        redrawn: tuple[torch.Tensor, ...] | None = None
         for _ in range(REDRAW_ROUNDS):
-            bad = self.is_positive(users, candidates)
+            if redrawn is None:
+                bad = self.is_positive(users, candidates)
+            else:  # only the entries redrawn last round can have become positives
+                bad = torch.zeros_like(candidates, dtype=torch.bool)
+                retry = candidates[redrawn].unsqueeze(1)
+                bad[redrawn] = self.is_positive(users[redrawn[0]], retry).squeeze(1)
             if not bool(bad.any()):
                 break
             candidates = torch.where(bad, self._draw(candidates.shape), candidates)
+            redrawn = bad.nonzero(as_tuple=True)
         return candidates
 
     @torch.no_grad()
