@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from service.db.postgres_upsert import UPSERT_AND_TOUCH
+
 STAGE_MIN_ROWS = 2_000
 """Single batches of at least this many rows take this path; smaller ones the array path."""
 
@@ -82,34 +84,20 @@ _INSERT_ITEMS = """
 """
 
 # Of the rows of one pair the newest event time wins, equal times the later row (DISTINCT ON
-# keeps the first of each pair in this order), and the rows go in key order. Against what is
-# stored, a newer or equal time replaces it; `xmax = 0` tells an inserted row from an updated
-# one. The users whose ratings changed are touched in the same statement.
-_UPSERT = """
-    WITH winners AS (
+# keeps the first of each pair in this order), and the rows go in key order; then the shared
+# upsert (a newer or equal time replaces what is stored) and the touch of the changed users.
+_UPSERT = UPSERT_AND_TOUCH.format(
+    ctes="""
+    winners AS (
         SELECT DISTINCT ON (u.id, i.id) u.id AS user_id, i.id AS item_id, s.rating,
             TIMESTAMPTZ 'epoch' + s.event_us * INTERVAL '1 microsecond' AS event_at
         FROM rating_batch_stage AS s
         JOIN users AS u ON u.external_id = s.user_name
         JOIN items AS i ON i.external_id = s.item_name
         ORDER BY u.id, i.id, s.event_us DESC, s.position DESC
-    ),
-    written AS (
-        INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
-        SELECT user_id, item_id, rating, event_at, %(now)s::timestamptz FROM winners
-        ON CONFLICT (user_id, item_id) DO UPDATE
-        SET rating = excluded.rating, event_at = excluded.event_at,
-            stored_at = excluded.stored_at
-        WHERE excluded.event_at >= ratings.event_at
-        RETURNING user_id, (xmax = 0) AS inserted
-    ),
-    touched AS (
-        UPDATE users SET history_version = history_version + 1,
-            history_changed_at = %(now)s::timestamptz
-        WHERE id IN (SELECT user_id FROM written)
-    )
-    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
-"""
+    ),""",
+    rows="SELECT user_id, item_id, rating, event_at, %(now)s::timestamptz FROM winners",
+)
 
 
 def write_batch(cursor: Any, rows: bytes, now: datetime) -> tuple[int, int]:

@@ -143,18 +143,14 @@ _UPSERT_ARRAYS_ONE_STORED_AT = _UPSERT.format(
     """
 )
 
-# One batch's rows, in any order (sorted here, so that row locks are taken in key order), one
-# stored-at time; the users whose ratings changed are touched in the same statement.
-_UPSERT_BATCH = """
-    WITH written AS (
+# Rows chosen by `{rows}` (after the CTEs `{ctes}`, each ending in a comma) upserted with the
+# same guard, counted (`xmax = 0` tells an inserted row from an updated one), and the users whose
+# ratings changed touched, all in one statement; `%(now)s` is the stored-at and touch time.
+UPSERT_AND_TOUCH = """
+    WITH {ctes}
+    written AS (
         INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
-        SELECT b.user_id, b.item_id, b.rating,
-               TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
-        FROM unnest(
-            %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
-            %(times)s::bigint[]
-        ) AS b(user_id, item_id, rating, event_us)
-        ORDER BY b.user_id, b.item_id
+        {rows}
         ON CONFLICT (user_id, item_id) DO UPDATE
         SET rating = excluded.rating, event_at = excluded.event_at,
             stored_at = excluded.stored_at
@@ -168,6 +164,21 @@ _UPSERT_BATCH = """
     )
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
+
+# One batch's rows, in any order (sorted here, so that row locks are taken in key order), one
+# stored-at time.
+_UPSERT_BATCH = UPSERT_AND_TOUCH.format(
+    ctes="",
+    rows="""
+        SELECT b.user_id, b.item_id, b.rating,
+               TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
+        FROM unnest(
+            %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
+            %(times)s::bigint[]
+        ) AS b(user_id, item_id, rating, event_us)
+        ORDER BY b.user_id, b.item_id
+    """,
+)
 
 
 def write_batch(
