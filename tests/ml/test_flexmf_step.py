@@ -94,3 +94,100 @@ def test_accumulate_sums_duplicate_rows() -> None:
     expected[1] = torch.tensor([-0.1, -0.1])
     expected[3] = torch.tensor([-0.1, 0.1])
     torch.testing.assert_close(table.detach(), expected)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": "logistic", "negative_count": 1},
+        {"loss": "logistic", "negative_count": 3, "positive_weight": 2.5},
+        {"loss": "pairwise", "negative_count": 2},
+        {"loss": "pairwise", "negative_count": 1, "user_bias": True, "item_bias": False},
+        {"loss": "logistic", "negative_count": 1, "user_bias": False, "item_bias": False},
+    ],
+)
+def test_compiled_step_matches_torch_step(options: dict[str, Any]) -> None:
+    config = FlexMFImplicitConfig(
+        embedding_size=6, batch_size=64, regularization=0.05, seed=1, **options
+    )
+    data = _data()
+    torch_path, compiled_path = _trainer(config, data), _trainer(config, data)
+    compiled = compiled_path.compiled
+    assert compiled is not None
+    rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(2))[:64]
+    users, positives = torch.as_tensor(data.users)[rows], torch.as_tensor(data.items)[rows]
+    # the torch path's negatives: a sampler like its own, with a generator seeded like its own
+    twin = NegativeSampler(
+        torch.as_tensor(data.users), torch.as_tensor(data.items), data.n_items, "uniform",
+        torch.Generator().manual_seed(9),
+    )  # fmt: skip
+    for _ in range(3):  # several steps: the Adam moments must agree too
+        want = torch_path.train_step(rows)
+        negatives = twin.sample(users, config.negative_count)
+        items = torch.cat([positives.unsqueeze(1), negatives], 1).numpy()
+        (got,) = compiled.train_on(users.numpy(), items, config.learning_rate)
+        assert got == pytest.approx(float(want), rel=1e-5)
+    compiled.write_back()
+    for name in ("user_table", "item_table"):
+        got_table, want_table = getattr(compiled_path.model, name), getattr(torch_path.model, name)
+        # Adam divides by each gradient's own size: float rounding shows up to ~1e-6
+        torch.testing.assert_close(got_table, want_table, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_epochs_cover_partial_batches_and_are_seeded() -> None:
+    config = FlexMFImplicitConfig(embedding_size=6, batch_size=48, epochs=2, seed=1)
+    data = _data()
+    first, second = _trainer(config, data), _trainer(config, data)
+    assert first.compiled is not None
+    losses = first.fit()
+    assert losses == second.fit()
+    assert first.compiled.steps == 2 * -(-len(data) // 48)
+    for name in ("user_table", "item_table"):
+        assert torch.equal(getattr(first.model, name), getattr(second.model, name))
+
+
+def test_compiled_step_is_the_same_on_one_thread() -> None:
+    config = FlexMFImplicitConfig(embedding_size=6, batch_size=48, epochs=2, seed=1)
+    data = _data()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _trainer(config, data)
+        one.fit()
+    finally:
+        torch.set_num_threads(threads)
+    many = _trainer(config, data)
+    many.fit()
+    for name in ("user_table", "item_table"):
+        assert torch.equal(getattr(one.model, name), getattr(many.model, name))
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "popular"])
+def test_compiled_negatives_avoid_positives_and_follow_the_seed(strategy: str) -> None:
+    from service.ml.flexmf import cpu_kernel
+
+    data = _data()
+    csr = data.user_csr()
+    users = np.repeat(np.arange(data.n_users), 50)
+    popular = data.items if strategy == "popular" else np.empty(0, dtype=np.int64)
+
+    def draw(seed: int, blocks: int) -> np.ndarray[Any, Any]:
+        items = np.zeros((len(users), 3), dtype=np.int64)
+        cpu_kernel.draw_negatives(
+            users, items, data.n_items, popular, csr.indptr, csr.indices, 4, seed, blocks
+        )
+        return items[:, 1:]
+
+    negatives = draw(7, 16)
+    assert np.array_equal(negatives, draw(7, 1))
+    assert not np.array_equal(negatives, draw(8, 16))
+    positive = {(int(u), int(i)) for u, i in zip(data.users, data.items, strict=True)}
+    hits = sum((int(u), int(i)) in positive for u, row in zip(users, negatives) for i in row)
+    # about a third of a user's draws are positives; 4 redraws leave (1/3)^5 of them
+    assert hits < 0.01 * negatives.size
+    assert set(np.unique(negatives)) <= set(np.unique(data.items)) or strategy == "uniform"
+
+
+def test_torch_path_kept_for_misranked_sampling() -> None:
+    config = FlexMFImplicitConfig(embedding_size=6, loss="warp", seed=1)
+    assert _trainer(config, _data()).compiled is None
