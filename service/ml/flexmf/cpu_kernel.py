@@ -42,11 +42,14 @@ def _sigmoid(x: Any) -> Any:
 
 
 @numba.njit(cache=CACHE, nogil=True)
-def _group(keys: Any, mark: Any, slot: Any, rows: Any, starts: Any, members: Any) -> int:
+def _group(
+    keys: Any, mark: Any, slot: Any, rows: Any, starts: Any, members: Any, place: Any
+) -> int:
     """Group entry positions by key: the distinct keys ascending in `rows` (so that the passes
     walk the tables in address order), entry positions of key `rows[s]` in
-    `members[starts[s]:starts[s + 1]]` (ascending); `slot` maps each key to its s. `mark` is
-    all zero before and after. Returns the number of distinct keys."""
+    `members[starts[s]:starts[s + 1]]` (ascending), and each entry's place t in `members`;
+    `slot` maps each key to its s. `mark` is all zero before and after. Returns the number of
+    distinct keys."""
     for e in range(keys.shape[0]):
         mark[keys[e]] = 1
     n = 0
@@ -64,6 +67,7 @@ def _group(keys: Any, mark: Any, slot: Any, rows: Any, starts: Any, members: Any
     for e in range(keys.shape[0]):
         s = slot[keys[e]]
         members[starts[s]] = e
+        place[e] = starts[s]
         starts[s] += 1
     for s in range(n, 0, -1):
         starts[s] = starts[s - 1]
@@ -173,8 +177,8 @@ def train_batches(
     first), updating the [param | m | v] tables in place; Adam steps count from `first_step`.
     Each batch's loss (with the "L2" penalty) goes to `losses`."""
     user_mark, item_mark, user_slot, item_slot, user_rows, user_starts, user_members = work[:7]
-    item_rows, item_starts, item_members, entry_user, score_grad, user_old = work[7:13]
-    row_loss, item_loss = work[13:]
+    item_rows, item_starts, item_members, user_place, item_place, score_grad, user_old = work[7:14]
+    row_loss, item_loss = work[14:]
     width = items.shape[1]
     count = width - 1
     w_u = k + 1 if user_bias else k
@@ -196,9 +200,13 @@ def train_batches(
         decay_pos = np.float32(2.0 * regularization / size)
         decay_neg = np.float32(2.0 * regularization / (size * count))
         batch_users = users[s0 : s0 + size]
-        n_users = _group(batch_users, user_mark, user_slot, user_rows, user_starts, user_members)
+        n_users = _group(
+            batch_users, user_mark, user_slot, user_rows, user_starts, user_members, user_place
+        )
         flat = items[s0 : s0 + size].ravel()
-        n_items = _group(flat, item_mark, item_slot, item_rows, item_starts, item_members)
+        n_items = _group(
+            flat, item_mark, item_slot, item_rows, item_starts, item_members, item_place
+        )
         blocks = min(n_blocks, n_users)
         for block in numba.prange(blocks):
             grad = np.empty(w_u, dtype=np.float32)
@@ -217,7 +225,6 @@ def train_batches(
                 loss = zero
                 for t in range(user_starts[s], user_starts[s + 1]):
                     b = user_members[t]
-                    entry_user[b] = s
                     for j in range(width):
                         item = item_state[items[s0 + b, j]]
                         score = zero
@@ -230,21 +237,21 @@ def train_batches(
                         scores[j] = score
                     if loss_code == LOGISTIC:
                         loss += pw * _softplus(-scores[0])
-                        score_grad[b * width] = -pw * _sigmoid(-scores[0]) / total
+                        score_grad[t * width] = -pw * _sigmoid(-scores[0]) / total
                         for j in range(1, width):
                             loss += _softplus(scores[j])
-                            score_grad[b * width + j] = _sigmoid(scores[j]) / total
+                            score_grad[t * width + j] = _sigmoid(scores[j]) / total
                     else:
                         positive = zero
                         for j in range(1, width):
                             margin = scores[j] - scores[0]
                             loss += _softplus(margin)
                             g = _sigmoid(margin) / total
-                            score_grad[b * width + j] = g
+                            score_grad[t * width + j] = g
                             positive -= g
-                        score_grad[b * width] = positive
+                        score_grad[t * width] = positive
                     for j in range(width):
-                        g = score_grad[b * width + j]
+                        g = score_grad[t * width + j]
                         item = item_state[items[s0 + b, j]]
                         for d in range(k):
                             grad[d] += g * item[d]
@@ -262,10 +269,11 @@ def train_batches(
                 positives = 0
                 for t in range(item_starts[s], item_starts[s + 1]):
                     e = item_members[t]
-                    g = score_grad[e]
-                    if e % width == 0:
+                    b, j = e // width, e % width
+                    g = score_grad[user_place[b] * width + j]
+                    if j == 0:
                         positives += 1
-                    user = user_old[entry_user[e // width]]
+                    user = user_old[user_slot[users[s0 + b]]]
                     for d in range(k):
                         grad[d] += g * user[d]
                     if item_bias:
@@ -302,6 +310,7 @@ def workspace(n_users: int, n_items: int, batch_size: int, width: int, w_u: int)
         np.zeros(entries + 1, dtype=np.int64),
         np.empty(entries, dtype=np.int64),
         np.empty(batch_size, dtype=np.int64),
+        np.empty(entries, dtype=np.int64),
         np.empty(entries, dtype=np.float32),
         np.empty((batch_size, w_u), dtype=np.float32),
         np.empty(batch_size, dtype=np.float64),
