@@ -20,12 +20,45 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 CACHE = os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK)
 """numba caches beside this file: ask for it only where that directory is writable."""
 
 LOGISTIC = 0
 PAIRWISE = 1
+LINE = 16
+"""float32 values per cache line."""
+
+
+@intrinsic
+def _prefetch(typingctx: Any, array: Any, index: Any) -> Any:
+    """Ask the CPU to fetch the cache line of array[index] (1-d, no bounds check): rows are
+    read at random, and the passes know the next rows long before they read them."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer_type = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [pointer_type, i32, i32, i32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), pointer_type)
+        # read, keep in all cache levels, data cache
+        builder.call(function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
+
+
+@numba.njit(cache=CACHE, nogil=True)
+def _prefetch_row(row: Any, width: int) -> None:
+    """Prefetch the first `width` values of a row."""
+    for d in range(0, width, LINE):
+        _prefetch(row, d)
 
 
 @numba.njit(cache=CACHE, nogil=True, fastmath=True, error_model="numpy")
@@ -122,7 +155,12 @@ def draw_negatives(
     base = _mix(np.uint64(seed))
     check = indices.shape[0] > 0
     for block in numba.prange(n_blocks):
-        for p in range(block * n // n_blocks, (block + 1) * n // n_blocks):
+        end = (block + 1) * n // n_blocks
+        for p in range(block * n // n_blocks, end):
+            if check and p + 8 < end:  # the rows' bounds first, then the rows' middles
+                _prefetch(indptr, users[p + 8])
+                ahead = users[p + 4]
+                _prefetch(indices, (indptr[ahead] + indptr[ahead + 1]) >> 1)
             user = users[p]
             for j in range(1, width):
                 counter = np.uint64((p * width + j) * (redraws + 1))
@@ -211,7 +249,13 @@ def train_batches(
         for block in numba.prange(blocks):
             grad = np.empty(w_u, dtype=np.float32)
             scores = np.empty(width, dtype=np.float32)
-            for s in range(block * n_users // blocks, (block + 1) * n_users // blocks):
+            end = (block + 1) * n_users // blocks
+            for s in range(block * n_users // blocks, end):
+                if s + 1 < end:
+                    _prefetch_row(user_state[user_rows[s + 1]], 3 * w_u)
+                    for t in range(user_starts[s + 1], user_starts[s + 2]):
+                        for j in range(width):
+                            _prefetch_row(item_state[items[s0 + user_members[t], j]], w_i)
                 row = user_state[user_rows[s]]
                 old = user_old[s]
                 norm = zero
@@ -262,7 +306,13 @@ def train_batches(
         blocks = min(n_blocks, n_items)
         for block in numba.prange(blocks):
             grad = np.empty(w_i, dtype=np.float32)
-            for s in range(block * n_items // blocks, (block + 1) * n_items // blocks):
+            end = (block + 1) * n_items // blocks
+            for s in range(block * n_items // blocks, end):
+                if s + 1 < end:
+                    _prefetch_row(item_state[item_rows[s + 1]], 3 * w_i)
+                    for t in range(item_starts[s + 1], item_starts[s + 2]):
+                        b = item_members[t] // width
+                        _prefetch_row(user_old[user_slot[users[s0 + b]]], w_u)
                 row = item_state[item_rows[s]]
                 for d in range(w_i):
                     grad[d] = zero
