@@ -182,7 +182,9 @@ def test_compiled_negatives_avoid_positives_and_follow_the_seed(strategy: str) -
     assert np.array_equal(negatives, draw(7, 1))
     assert not np.array_equal(negatives, draw(8, 16))
     positive = {(int(u), int(i)) for u, i in zip(data.users, data.items, strict=True)}
-    hits = sum((int(u), int(i)) in positive for u, row in zip(users, negatives) for i in row)
+    hits = sum(
+        (int(u), int(i)) in positive for u, row in zip(users, negatives, strict=True) for i in row
+    )
     # about a third of a user's draws are positives; 4 redraws leave (1/3)^5 of them
     assert hits < 0.01 * negatives.size
     assert set(np.unique(negatives)) <= set(np.unique(data.items)) or strategy == "uniform"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir  # type: ignore[import-untyped]
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -33,8 +33,7 @@ LINE = 16
 """float32 values per cache line."""
 
 
-@intrinsic
-def _prefetch(typingctx: Any, array: Any, index: Any) -> Any:
+def _prefetch_intrinsic(typingctx: Any, array: Any, index: Any) -> Any:
     """Ask the CPU to fetch the cache line of array[index] (1-d, no bounds check): rows are
     read at random, and the passes know the next rows long before they read them."""
     if not isinstance(array, types.Array):
@@ -45,13 +44,20 @@ def _prefetch(typingctx: Any, array: Any, index: Any) -> Any:
         pointer_type = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         function_type = ir.FunctionType(ir.VoidType(), [pointer_type, i32, i32, i32])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0i8")
+        function = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
+            builder.module, function_type, "llvm.prefetch.p0i8"
+        )
         pointer = builder.bitcast(builder.gep(data, [args[1]]), pointer_type)
         # read, keep in all cache levels, data cache
-        builder.call(function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        builder.call(
+            function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+        )
         return context.get_dummy_value()
 
     return types.void(array, types.intp), codegen
+
+
+_prefetch: Any = intrinsic(_prefetch_intrinsic)
 
 
 @numba.njit(cache=CACHE, nogil=True)
