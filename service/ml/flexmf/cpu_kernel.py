@@ -3,13 +3,15 @@ CPU use only, compiled on first call.
 
 Each table row is kept beside its two Adam moments in one float32 row [param | m | v], so a
 touched row is one contiguous block. A minibatch is grouped by distinct user and by distinct item
-(in order of first appearance), then updated in two parallel passes over distinct rows:
+(ascending, so that the passes walk the tables in address order), then updated in two parallel
+passes over distinct rows, each prefetching the rows it reads next:
 
 1. per user: the scores of its samples, the loss's gradient with respect to each score, the
    user's row gradient, and its lazy Adam update (its old row kept for pass 2);
 2. per item: its row gradient from the scores' gradients and the old user rows, and its update.
 
-Every row's sums run in a fixed order, so results do not depend on the thread count.
+Every row's sums run in a fixed order, so results do not depend on the thread count. Negatives
+are drawn by a counter-based hash of (seed, position), for the same reason.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The compiled CPU path of implicit FlexMF training with the row-sparse Adam ("L2"): the same
 minibatch step as the torch path (`implicit_step` and `RowSparseAdam`), run by numba kernels
-(`cpu_kernel`) on all of torch's threads over many minibatches per call. The torch path stays
-for CUDA and for WARP's misranked sampler."""
+(`cpu_kernel`) on all of torch's threads over many minibatches per call. Its negatives come from
+the same distribution as the torch sampler's (uniform or popular, positives redrawn up to
+`REDRAW_ROUNDS` times) but from a different random stream. The torch path stays for CUDA and
+for WARP's misranked sampler."""
 
 from __future__ import annotations
 
