@@ -32,6 +32,8 @@ CACHE = os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK)
 LOGISTIC = 0
 PAIRWISE = 1
 LINE = 16
+GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+"""splitmix64's increment."""
 """float32 values per cache line."""
 
 
@@ -173,7 +175,8 @@ def draw_negatives(
             for j in range(1, width):
                 counter = np.uint64((p * width + j) * (redraws + 1))
                 for attempt in range(redraws + 1):
-                    x = _mix(base + counter + np.uint64(attempt))
+                    # splitmix64: the (counter + 1)-th step of a stream started at `base`
+                    x = _mix(base + (counter + np.uint64(attempt + 1)) * GOLDEN_GAMMA)
                     if popular.shape[0] > 0:
                         item = popular[_below(x, popular.shape[0])]
                     else:
