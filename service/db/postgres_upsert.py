@@ -6,6 +6,7 @@ Each function takes a psycopg cursor of the transaction; `upsert.upsert_batches`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -200,6 +201,59 @@ def write_batch(
         "items": _array_literal(item_ids),
         "ratings": _array_literal(ratings),
         "times": _array_literal(event_us),
+    }
+    inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
+    return int(inserted), int(updated)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """One batch's winning rows (one per pair), made ready for `write_prepared` in advance."""
+
+    user_names: list[str]
+    """The batch's distinct users in code-point order (the order they are locked in)."""
+    item_names: list[str]
+    """The batch's distinct items."""
+    users: list[str]
+    """Each row's user."""
+    items: list[str]
+    """Each row's item."""
+    ratings: str
+    """The rows' ratings as an array literal."""
+    event_us: str
+    """The rows' event times (epoch microseconds) as an array literal."""
+
+
+def prepare_rows(
+    users: list[str], items: list[str], ratings: list[float | None], event_times: list[datetime]
+) -> PreparedRows:
+    """The client's share of `write_prepared` for rows with one row per pair (any thread)."""
+    event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
+    return PreparedRows(
+        sorted(set(users)),
+        sorted(set(items)),
+        users,
+        items,
+        _array_literal(ratings),
+        _array_literal(event_us),
+    )
+
+
+def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int, int]:
+    """Upsert `prepare_rows`' rows: their users found or created and locked, their items found
+    or created, then one statement as `write_batch`'s; (rows inserted, rows updated)."""
+    user_ids = {
+        name: str(ident) for name, ident in resolve_users(cursor, rows.user_names, now).items()
+    }
+    item_ids = {
+        name: str(ident) for name, ident in resolve_items(cursor, rows.item_names, now).items()
+    }
+    parameters = {
+        "now": now,
+        "users": "{" + ",".join([user_ids[name] for name in rows.users]) + "}",
+        "items": "{" + ",".join([item_ids[name] for name in rows.items]) + "}",
+        "ratings": rows.ratings,
+        "times": rows.event_us,
     }
     inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
     return int(inserted), int(updated)

@@ -21,17 +21,32 @@ class RatingBatch:
     items: list[str] = field(default_factory=list)
     ratings: list[float | None] = field(default_factory=list)
     event_times: list[datetime] = field(default_factory=list)
-    staged: bytes | None = field(default=None, repr=False, compare=False)
-    """The rows as PostgreSQL's staging path copies them, once `prepare_batch` made them."""
+    prepared: postgres_upsert.PreparedRows | None = field(default=None, repr=False, compare=False)
+    """The winning rows made ready for PostgreSQL's array path by `prepare_batch`."""
 
     def __len__(self) -> int:
         return len(self.users)
 
 
 def prepare_batch(batch: RatingBatch, dialect: str) -> None:
-    """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`."""
-    if dialect == "postgresql" and len(batch) >= postgres_stage.STAGE_MIN_ROWS:
-        batch.staged = postgres_stage.encode(batch)
+    """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`.
+
+    On PostgreSQL the batch then takes the array path whatever its size: with the client's
+    share done ahead, the server's is smaller than on the staging path.
+    """
+    if dialect == "postgresql" and len(batch):
+        rows = winning_rows(batch)
+        winners = batch
+        if len(rows) < len(batch):
+            winners = RatingBatch(
+                [batch.users[i] for i in rows],
+                [batch.items[i] for i in rows],
+                [batch.ratings[i] for i in rows],
+                [batch.event_times[i] for i in rows],
+            )
+        batch.prepared = postgres_upsert.prepare_rows(
+            winners.users, winners.items, winners.ratings, winners.event_times
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,8 @@ def upsert_batches(
     fixed order first, so that concurrent writers on PostgreSQL wait instead of deadlocking.
     """
     postgres = connection.dialect.name == "postgresql"
+    if postgres and len(batches) == 1 and batches[0].prepared is not None:
+        return [_upsert_prepared(connection, batches[0], nows[0])]
     if postgres and len(batches) == 1 and len(batches[0]) >= postgres_stage.STAGE_MIN_ROWS:
         return [_upsert_staged(connection, batches[0], nows[0])]
     winners = [winning_rows(batch) for batch in batches]
@@ -118,10 +135,21 @@ def upsert_batches(
 
 def _upsert_staged(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
     """Store one large batch through PostgreSQL's staging path (`db.postgres_stage`)."""
-    rows = batch.staged if batch.staged is not None else postgres_stage.encode(batch)
+    rows = postgres_stage.encode(batch)
     cursor = _driver_cursor(connection)
     try:
         inserted, updated = postgres_stage.write_batch(cursor, rows, now)
+    finally:
+        cursor.close()
+    return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
+
+
+def _upsert_prepared(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
+    """Store one batch that `prepare_batch` made ready for PostgreSQL's array path."""
+    assert batch.prepared is not None
+    cursor = _driver_cursor(connection)
+    try:
+        inserted, updated = postgres_upsert.write_prepared(cursor, batch.prepared, now)
     finally:
         cursor.close()
     return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
@@ -142,6 +170,8 @@ def winning_rows(batch: RatingBatch) -> list[int]:
     """Indices of the rows that win within the batch: newest time, ties to the later row."""
     if len(batch) == 1:
         return [0]
+    if len(set(zip(batch.users, batch.items, strict=True))) == len(batch):
+        return list(range(len(batch)))  # no pair twice: every row wins
     best: dict[tuple[str, str], int] = {}
     times = batch.event_times
     for index, key in enumerate(zip(batch.users, batch.items, strict=True)):
