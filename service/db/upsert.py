@@ -23,6 +23,10 @@ class RatingBatch:
     event_times: list[datetime] = field(default_factory=list)
     prepared: postgres_upsert.PreparedRows | None = field(default=None, repr=False, compare=False)
     """The winning rows made ready for PostgreSQL's array path by `prepare_batch`."""
+    winners: list[int] | None = field(default=None, repr=False, compare=False)
+    """`winning_rows` of the batch, once SQLite's `prepare_batch` found them."""
+    time_keys: list[str] | None = field(default=None, repr=False, compare=False)
+    """Each row's event time as SQLite stores it, once `prepare_batch` made them."""
 
     def __len__(self) -> int:
         return len(self.users)
@@ -47,6 +51,9 @@ def prepare_batch(batch: RatingBatch, dialect: str) -> None:
         batch.prepared = postgres_upsert.prepare_rows(
             winners.users, winners.items, winners.ratings, winners.event_times
         )
+    elif dialect == "sqlite" and len(batch):
+        batch.winners = winning_rows(batch)
+        batch.time_keys = [sqlite_upsert.time_key(time) for time in batch.event_times]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +89,9 @@ def upsert_batches(
         return [_upsert_prepared(connection, batches[0], nows[0])]
     if postgres and len(batches) == 1 and len(batches[0]) >= postgres_stage.STAGE_MIN_ROWS:
         return [_upsert_staged(connection, batches[0], nows[0])]
-    winners = [winning_rows(batch) for batch in batches]
+    winners = [
+        batch.winners if batch.winners is not None else winning_rows(batch) for batch in batches
+    ]
     if not any(winners):
         return [UpsertCounts(0, 0, 0) for _ in batches]
     backend: Any = postgres_upsert if postgres else sqlite_upsert
@@ -108,18 +117,17 @@ def upsert_batches(
             return [UpsertCounts(inserted, updated, len(batch) - inserted - updated)]
         time_key = backend.time_key
         # (batch index, user id, item id, rating, event time key, stored-at key), arrival order
-        rows_in_order = [
-            (
-                index,
-                user_ids[batch.users[i]],
-                item_ids[batch.items[i]],
-                batch.ratings[i],
-                time_key(batch.event_times[i]),
-                time_key(nows[index]),
-            )
-            for index, (batch, batch_winners) in enumerate(pairs)
-            for i in batch_winners
-        ]
+        rows_in_order: list[tuple[int, int, int, float | None, Any, Any]] = []
+        for index, (batch, batch_winners) in enumerate(pairs):
+            users, items, ratings = batch.users, batch.items, batch.ratings
+            stored_key = time_key(nows[index])
+            keys = batch.time_keys if not postgres else None
+            if keys is None:
+                keys = list(map(time_key, batch.event_times))
+            rows_in_order += [
+                (index, user_ids[users[i]], item_ids[items[i]], ratings[i], keys[i], stored_key)
+                for i in batch_winners
+            ]
         pair_keys = sorted({(row[1], row[2]) for row in rows_in_order})
         stored = backend.stored_times(cursor, pair_keys)
         counts, writes = _replay(rows_in_order, stored, [len(batch) for batch in batches])
