@@ -6,7 +6,6 @@ Each function takes a psycopg cursor of the transaction; `upsert.upsert_batches`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,13 +94,13 @@ _STORED_TIMES = """
 
 def stored_times(cursor: Any, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], datetime]:
     """The stored event time of each (user id, item id) pair that has a rating."""
-    users = _array_literal(pair[0] for pair in pairs)
-    items = _array_literal(pair[1] for pair in pairs)
+    users = array_literal(pair[0] for pair in pairs)
+    items = array_literal(pair[1] for pair in pairs)
     rows = cursor.execute(_STORED_TIMES, (users, items)).fetchall()
     return {(user_id, item_id): event_at for user_id, item_id, event_at in rows}
 
 
-def _array_literal(values: Iterable[object]) -> str:
+def array_literal(values: Iterable[object]) -> str:
     """A PostgreSQL array literal of numbers and nulls (far cheaper than adapting a list)."""
     values = list(values)
     if None not in values:
@@ -197,63 +196,10 @@ def write_batch(
     event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
     parameters = {
         "now": now,
-        "users": _array_literal(user_ids),
-        "items": _array_literal(item_ids),
-        "ratings": _array_literal(ratings),
-        "times": _array_literal(event_us),
-    }
-    inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
-    return int(inserted), int(updated)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedRows:
-    """One batch's winning rows (one per pair), made ready for `write_prepared` in advance."""
-
-    user_names: list[str]
-    """The batch's distinct users in code-point order (the order they are locked in)."""
-    item_names: list[str]
-    """The batch's distinct items."""
-    users: list[str]
-    """Each row's user."""
-    items: list[str]
-    """Each row's item."""
-    ratings: str
-    """The rows' ratings as an array literal."""
-    event_us: str
-    """The rows' event times (epoch microseconds) as an array literal."""
-
-
-def prepare_rows(
-    users: list[str], items: list[str], ratings: list[float | None], event_times: list[datetime]
-) -> PreparedRows:
-    """The client's share of `write_prepared` for rows with one row per pair (any thread)."""
-    event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
-    return PreparedRows(
-        sorted(set(users)),
-        sorted(set(items)),
-        users,
-        items,
-        _array_literal(ratings),
-        _array_literal(event_us),
-    )
-
-
-def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int, int]:
-    """Upsert `prepare_rows`' rows: their users found or created and locked, their items found
-    or created, then one statement as `write_batch`'s; (rows inserted, rows updated)."""
-    user_ids = {
-        name: str(ident) for name, ident in resolve_users(cursor, rows.user_names, now).items()
-    }
-    item_ids = {
-        name: str(ident) for name, ident in resolve_items(cursor, rows.item_names, now).items()
-    }
-    parameters = {
-        "now": now,
-        "users": "{" + ",".join([user_ids[name] for name in rows.users]) + "}",
-        "items": "{" + ",".join([item_ids[name] for name in rows.items]) + "}",
-        "ratings": rows.ratings,
-        "times": rows.event_us,
+        "users": array_literal(user_ids),
+        "items": array_literal(item_ids),
+        "ratings": array_literal(ratings),
+        "times": array_literal(event_us),
     }
     inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
     return int(inserted), int(updated)
@@ -287,11 +233,11 @@ def write_ratings(
         event_us = ((time - _EPOCH) // _MICROSECOND for time in columns[3])
         stored_at = columns[4][0]
         if columns[4].count(stored_at) == len(rows):
-            arrays = [_array_literal(column) for column in (*columns[:3], event_us)]
+            arrays = [array_literal(column) for column in (*columns[:3], event_us)]
             cursor.execute(_UPSERT_ARRAYS_ONE_STORED_AT, [stored_at, *arrays])
         else:
             stored_us = ((time - _EPOCH) // _MICROSECOND for time in columns[4])
-            arrays = [_array_literal(column) for column in (*columns[:3], event_us, stored_us)]
+            arrays = [array_literal(column) for column in (*columns[:3], event_us, stored_us)]
             cursor.execute(_UPSERT_ARRAYS, arrays)
     else:
         cursor.execute(_CREATE_STAGE)
@@ -312,4 +258,4 @@ _TOUCH = """
 
 def touch_users(cursor: Any, user_ids: Sequence[int], now: datetime) -> None:
     """Record that these users' histories changed: bump the version, set the time."""
-    cursor.execute(_TOUCH, (now, _array_literal(user_ids)))
+    cursor.execute(_TOUCH, (now, array_literal(user_ids)))

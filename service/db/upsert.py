@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from service.db import postgres_stage, postgres_upsert, sqlite_upsert
+from service.db import postgres_prepared, postgres_stage, postgres_upsert, sqlite_upsert
 
 
 @dataclass(slots=True)
@@ -21,7 +21,7 @@ class RatingBatch:
     items: list[str] = field(default_factory=list)
     ratings: list[float | None] = field(default_factory=list)
     event_times: list[datetime] = field(default_factory=list)
-    prepared: postgres_upsert.PreparedRows | None = field(default=None, repr=False, compare=False)
+    prepared: postgres_prepared.PreparedRows | None = field(default=None, repr=False, compare=False)
     """The winning rows made ready for PostgreSQL's array path by `prepare_batch`."""
     winners: list[int] | None = field(default=None, repr=False, compare=False)
     """`winning_rows` of the batch, once SQLite's `prepare_batch` found them."""
@@ -48,7 +48,7 @@ def prepare_batch(batch: RatingBatch, dialect: str) -> None:
                 [batch.ratings[i] for i in rows],
                 [batch.event_times[i] for i in rows],
             )
-        batch.prepared = postgres_upsert.prepare_rows(
+        batch.prepared = postgres_prepared.prepare_rows(
             winners.users, winners.items, winners.ratings, winners.event_times
         )
     elif dialect == "sqlite" and len(batch):
@@ -157,7 +157,7 @@ def _upsert_prepared(connection: Connection, batch: RatingBatch, now: datetime) 
     assert batch.prepared is not None
     cursor = _driver_cursor(connection)
     try:
-        inserted, updated = postgres_upsert.write_prepared(cursor, batch.prepared, now)
+        inserted, updated = postgres_prepared.write_prepared(cursor, batch.prepared, now)
     finally:
         cursor.close()
     return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
