@@ -91,18 +91,16 @@ _UPSERT_STORED = """
 """
 
 
-def _copy(
-    cursor: Any, rows: PreparedRows, uids: list[int], iids: list[int], which: Any, now: datetime
-) -> None:
-    """COPY rows `which` (positions) straight into `ratings`."""
-    tails, stored_at = rows.copy_tails, now.isoformat()
-    text = "".join([f"{uids[k]}\t{iids[k]}\t{tails[k]}\t{stored_at}\n" for k in which])
+def _copy(cursor: Any, users: list[str], items: list[str], tails: list[str], now: datetime) -> None:
+    """COPY rows (user id, item id and `prepare_rows`' tail as text) straight into `ratings`."""
+    end = f"\t{now.isoformat()}\n"  # every row's stored-at time, and the line's end
+    text = end.join(map("\t".join, zip(users, items, tails, strict=True))) + end
     with cursor.copy(_COPY_RATINGS) as copy:
         copy.write(text.encode())
 
 
 def _copy_all_new(
-    cursor: Any, rows: PreparedRows, uids: list[int], iids: list[int], now: datetime
+    cursor: Any, users: list[str], items: list[str], tails: list[str], now: datetime
 ) -> bool:
     """COPY every row as a new pair; False (and nothing written) if any pair is stored already.
 
@@ -111,7 +109,7 @@ def _copy_all_new(
     """
     cursor.execute("SAVEPOINT prepared_copy")
     try:
-        _copy(cursor, rows, uids, iids, range(len(uids)), now)
+        _copy(cursor, users, items, tails, now)
     except psycopg.errors.UniqueViolation:
         cursor.execute("ROLLBACK TO SAVEPOINT prepared_copy")
         return False
@@ -124,18 +122,25 @@ def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int,
     or created, the users whose ratings changed touched; (rows inserted, rows updated)."""
     user_ids = resolve_users(cursor, rows.user_names, now)
     item_ids = resolve_items(cursor, rows.item_names, now)
+    user_texts = {name: str(ident) for name, ident in user_ids.items()}
+    item_texts = {name: str(ident) for name, ident in item_ids.items()}
+    users = [user_texts[name] for name in rows.users]
+    items = [item_texts[name] for name in rows.items]
+    if _copy_all_new(cursor, users, items, rows.copy_tails, now):
+        touch_users(cursor, sorted(user_ids.values()), now)  # each has a new rating
+        return len(users), 0
     uids = [user_ids[name] for name in rows.users]
     iids = [item_ids[name] for name in rows.items]
-    if _copy_all_new(cursor, rows, uids, iids, now):
-        touch_users(cursor, sorted(set(uids)), now)
-        return len(uids), 0
     stored = set(cursor.execute(_EXISTING, (array_literal(uids), array_literal(iids))))
     old = [k for k, pair in enumerate(zip(uids, iids, strict=True)) if pair in stored]
     new = [k for k, pair in enumerate(zip(uids, iids, strict=True)) if pair not in stored]
     changed = {uids[k] for k in new}
     inserted, updated = len(new), 0
     if new:
-        _copy(cursor, rows, uids, iids, new, now)
+        tails = rows.copy_tails
+        _copy(
+            cursor, [users[k] for k in new], [items[k] for k in new], [tails[k] for k in new], now
+        )
     if old:
         parameters = {
             "now": now,
