@@ -22,7 +22,7 @@ class RatingBatch:
     ratings: list[float | None] = field(default_factory=list)
     event_times: list[datetime] = field(default_factory=list)
     prepared: postgres_prepared.PreparedRows | None = field(default=None, repr=False, compare=False)
-    """The winning rows made ready for PostgreSQL's array path by `prepare_batch`."""
+    """The winning rows made ready for PostgreSQL by `prepare_batch` (`db.postgres_prepared`)."""
     winners: list[int] | None = field(default=None, repr=False, compare=False)
     """`winning_rows` of the batch, once SQLite's `prepare_batch` found them."""
     time_keys: list[str] | None = field(default=None, repr=False, compare=False)
@@ -35,8 +35,8 @@ class RatingBatch:
 def prepare_batch(batch: RatingBatch, dialect: str) -> None:
     """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`.
 
-    On PostgreSQL the batch then takes the array path whatever its size: with the client's
-    share done ahead, the server's is smaller than on the staging path.
+    On PostgreSQL the batch then takes `db.postgres_prepared`'s path whatever its size; on
+    SQLite its winning rows and stored time keys are found here instead of in the writer.
     """
     if dialect == "postgresql" and len(batch):
         rows = winning_rows(batch)
@@ -153,7 +153,7 @@ def _upsert_staged(connection: Connection, batch: RatingBatch, now: datetime) ->
 
 
 def _upsert_prepared(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
-    """Store one batch that `prepare_batch` made ready for PostgreSQL's array path."""
+    """Store one batch that `prepare_batch` made ready for PostgreSQL (`db.postgres_prepared`)."""
     assert batch.prepared is not None
     cursor = _driver_cursor(connection)
     try:
