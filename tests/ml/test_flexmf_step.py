@@ -163,31 +163,26 @@ def test_compiled_step_is_the_same_on_one_thread() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "popular"])
-def test_compiled_negatives_avoid_positives_and_follow_the_seed(strategy: str) -> None:
-    from service.ml.flexmf import cpu_kernel
-
+def test_compiled_positive_lookup_draws_what_the_bit_set_draws(strategy: Any) -> None:
     data = _data()
-    csr = data.user_csr()
-    users = np.repeat(np.arange(data.n_users), 50)
-    popular = data.items if strategy == "popular" else np.empty(0, dtype=np.int64)
+    users, items = torch.as_tensor(data.users), torch.as_tensor(data.items)
 
-    def draw(seed: int, blocks: int) -> np.ndarray[Any, Any]:
-        items = np.zeros((len(users), 3), dtype=np.int64)
-        cpu_kernel.draw_negatives(
-            users, items, data.n_items, popular, csr.indptr, csr.indices, 4, seed, blocks
+    def sampler(user_items: Any) -> NegativeSampler:
+        generator = torch.Generator().manual_seed(4)
+        return NegativeSampler(
+            users, items, data.n_items, strategy, generator, user_items=user_items
         )
-        return items[:, 1:]
 
-    negatives = draw(7, 16)
-    assert np.array_equal(negatives, draw(7, 1))
-    assert not np.array_equal(negatives, draw(8, 16))
-    positive = {(int(u), int(i)) for u, i in zip(data.users, data.items, strict=True)}
-    hits = sum(
-        (int(u), int(i)) in positive for u, row in zip(users, negatives, strict=True) for i in row
+    compiled, bit_set = sampler(data.user_csr()), sampler(None)
+    assert compiled.bitmap is None
+    assert bit_set.bitmap is not None
+    batch = users[torch.randperm(len(users), generator=torch.Generator().manual_seed(1))]
+    for _ in range(3):
+        assert torch.equal(compiled.sample(batch, 3), bit_set.sample(batch, 3))
+    candidates = torch.randint(data.n_items, (len(batch), 3), generator=torch.Generator())
+    assert torch.equal(
+        compiled.is_positive(batch, candidates), bit_set.is_positive(batch, candidates)
     )
-    # about a third of a user's draws are positives; 4 redraws leave (1/3)^5 of them
-    assert hits < 0.01 * negatives.size
-    assert set(np.unique(negatives)) <= set(np.unique(data.items)) or strategy == "uniform"
 
 
 def test_torch_path_kept_for_misranked_sampling() -> None:

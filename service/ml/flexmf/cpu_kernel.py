@@ -10,8 +10,7 @@ passes over distinct rows, each prefetching the rows it reads next:
    user's row gradient, and its lazy Adam update (its old row kept for pass 2);
 2. per item: its row gradient from the scores' gradients and the old user rows, and its update.
 
-Every row's sums run in a fixed order, so results do not depend on the thread count. Negatives
-are drawn by a counter-based hash of (seed, position), for the same reason.
+Every row's sums run in a fixed order, so results do not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ CACHE = os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK)
 LOGISTIC = 0
 PAIRWISE = 1
 LINE = 16
-GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-"""splitmix64's increment."""
 """float32 values per cache line."""
 
 
@@ -119,20 +116,6 @@ def _group(
 
 
 @numba.njit(cache=CACHE, nogil=True)
-def _mix(x: Any) -> Any:
-    """splitmix64's finalizer: a well-mixed 64-bit value of a counter."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@numba.njit(cache=CACHE, nogil=True)
-def _below(x: Any, n: int) -> int:
-    """A uniform integer in [0, n) from 64 random bits (multiply-shift of the top 32 bits)."""
-    return int(((x >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
-
-
-@numba.njit(cache=CACHE, nogil=True)
 def _contains(indices: Any, start: int, end: int, value: int) -> bool:
     """Whether the ascending `indices[start:end]` holds `value` (binary search)."""
     low, high = start, end
@@ -145,45 +128,14 @@ def _contains(indices: Any, start: int, end: int, value: int) -> bool:
     return low < end and indices[low] == value
 
 
-@numba.njit(parallel=True, cache=CACHE, nogil=True)
-def draw_negatives(
-    users: Any,
-    items: Any,
-    n_items: int,
-    popular: Any,
-    indptr: Any,
-    indices: Any,
-    redraws: int,
-    seed: int,
-    n_blocks: int,
-) -> None:
-    """Fill items[:, 1:] with negatives for `users`: uniform over items, or (`popular` not
-    empty) the item of a uniformly drawn interaction; a draw among the user's items (`indptr`,
-    `indices`: ascending per user; empty: no check) is redrawn up to `redraws` times. Each draw
-    comes from a hash of (seed, position), so the result does not depend on the thread count."""
-    n, width = items.shape
-    base = _mix(np.uint64(seed))
-    check = indices.shape[0] > 0
-    for block in numba.prange(n_blocks):
-        end = (block + 1) * n // n_blocks
-        for p in range(block * n // n_blocks, end):
-            if check and p + 8 < end:  # the rows' bounds first, then the rows' middles
-                _prefetch(indptr, users[p + 8])
-                ahead = users[p + 4]
-                _prefetch(indices, (indptr[ahead] + indptr[ahead + 1]) >> 1)
-            user = users[p]
-            for j in range(1, width):
-                counter = np.uint64((p * width + j) * (redraws + 1))
-                for attempt in range(redraws + 1):
-                    # splitmix64: the (counter + 1)-th step of a stream started at `base`
-                    x = _mix(base + (counter + np.uint64(attempt + 1)) * GOLDEN_GAMMA)
-                    if popular.shape[0] > 0:
-                        item = popular[_below(x, popular.shape[0])]
-                    else:
-                        item = _below(x, n_items)
-                    items[p, j] = item
-                    if not check or not _contains(indices, indptr[user], indptr[user + 1], item):
-                        break
+@numba.njit(cache=CACHE, nogil=True)
+def positives_among(users: Any, candidates: Any, indptr: Any, indices: Any, found: Any) -> None:
+    """found[b, j]: whether candidates[b, j] is among the items of users[b] (`indptr`,
+    `indices`: ascending per user)."""
+    for b in range(candidates.shape[0]):
+        user = users[b]
+        for j in range(candidates.shape[1]):
+            found[b, j] = _contains(indices, indptr[user], indptr[user + 1], candidates[b, j])
 
 
 @numba.njit(cache=CACHE, nogil=True, fastmath=True, error_model="numpy")

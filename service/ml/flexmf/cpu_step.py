@@ -1,9 +1,8 @@
 """The compiled CPU path of implicit FlexMF training with the row-sparse Adam ("L2"): the same
 minibatch step as the torch path (`implicit_step` and `RowSparseAdam`), run by numba kernels
-(`cpu_kernel`) on all of torch's threads over many minibatches per call. Its negatives come from
-the same distribution as the torch sampler's (uniform or popular, positives redrawn up to
-`REDRAW_ROUNDS` times) but from a different random stream. The torch path stays for CUDA and
-for WARP's misranked sampler."""
+(`cpu_kernel`) on all of torch's threads over many minibatches per call, with the torch path's
+negatives (the same sampler, drawn batch by batch). The torch path stays for CUDA and for WARP's
+misranked sampler."""
 
 from __future__ import annotations
 
@@ -14,15 +13,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from service.ml.data import CSR, build_csr
 from service.ml.flexmf.config import FlexMFImplicitConfig
 from service.ml.flexmf.model import FlexMFParameters
 from service.ml.flexmf.optim import RowSparseAdam
-from service.ml.flexmf.sampling import REDRAW_ROUNDS
+from service.ml.flexmf.sampling import NegativeSampler
 
 CHUNK_ROWS = 1 << 20
-"""Positives per kernel call (rounded down to whole minibatches); their negatives are drawn at
-once, which is cheaper than per minibatch."""
+"""Positives per kernel call (rounded down to whole minibatches)."""
 BLOCKS_PER_THREAD = 8
 """Blocks of distinct rows per thread and pass, handed out one at a time: a thread that the OS
 deschedules (a shared machine) holds back one small block, not a fixed half of the rows."""
@@ -64,24 +61,14 @@ class CompiledImplicitStep:
         config: FlexMFImplicitConfig,
         users: torch.Tensor,
         items: torch.Tensor,
-        generator: torch.Generator,
+        sampler: NegativeSampler,
         optimizer: RowSparseAdam,
-        user_items: CSR | None = None,
     ) -> None:
         from service.ml.flexmf import cpu_kernel  # compiled on first use, CPU only
 
         self.kernel = cpu_kernel
-        self.model, self.config, self.generator = model, config, generator
+        self.model, self.config, self.sampler = model, config, sampler
         self.users, self.items = users, items
-        self.popular = np.empty(0, dtype=np.int64)
-        if config.selected_negative_strategy() == "popular":
-            self.popular = items.numpy()  # an interaction's item: popularity-proportional
-        if config.exclude_positives:
-            if user_items is None:
-                user_items = build_csr(users, items, None, model.n_users, model.n_items)
-            self.indptr, self.indices = user_items.indptr, user_items.indices
-        else:
-            self.indptr, self.indices = np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64)
         self.betas, self.eps = optimizer.betas, optimizer.eps
         self.user_state = _with_moments(model.user_table)
         self.item_state = _with_moments(model.item_table)
@@ -100,26 +87,18 @@ class CompiledImplicitStep:
         config = self.config
         batch = config.batch_size
         chunk = batch * max(1, CHUNK_ROWS // batch)
-        blocks = _threads() * BLOCKS_PER_THREAD
         losses: list[float] = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            users = self.users[part].numpy()
+            users = self.users[part]
             items = np.empty((len(part), 1 + config.negative_count), dtype=np.int64)
             items[:, 0] = self.items[part].numpy()
-            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-            self.kernel.draw_negatives(
-                users,
-                items,
-                self.model.n_items,
-                self.popular,
-                self.indptr,
-                self.indices,
-                REDRAW_ROUNDS,
-                seed,
-                blocks,
-            )
-            losses.extend(self.train_on(users, items, lr))
+            # the torch path's draws, batch by batch: the same negatives for the same seed
+            for first in range(0, len(part), batch):
+                batch_users = users[first : first + batch]
+                negatives = self.sampler.sample(batch_users, config.negative_count)
+                items[first : first + batch, 1:] = negatives.numpy()
+            losses.extend(self.train_on(users.numpy(), items, lr))
         self.write_back()
         return losses
 

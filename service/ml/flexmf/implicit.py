@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from service.ml.base import ProgressCallback, UserVector
-from service.ml.data import CSR, IndexArray, Interactions, ValueArray
+from service.ml.data import IndexArray, Interactions, ValueArray
 from service.ml.device import resolve_device, seeded_generator
 from service.ml.flexmf.config import FlexMFImplicitConfig
 from service.ml.flexmf.cpu_step import CompiledImplicitStep, compiled_step_applies
@@ -79,11 +79,11 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             data.n_items,
             config.selected_negative_strategy(),
             generator,
-            # the compiled step draws its own negatives (and checks them against `user_items`)
-            exclude_positives=config.exclude_positives and not compiled,
+            exclude_positives=config.exclude_positives,
+            # on the CPU, positives looked up in the users' rows by a compiled search
+            user_items=data.user_csr() if compiled else None,
         )
-        user_items = data.user_csr() if compiled else None
-        trainer = _ImplicitTrainer(params, config, users, items, sampler, generator, user_items)
+        trainer = _ImplicitTrainer(params, config, users, items, sampler, generator)
         self.losses = trainer.fit(progress)
         self.sampler_stats = trainer.sampler_stats
         self._store(params)
@@ -178,7 +178,6 @@ class _ImplicitTrainer(FlexMFTrainer):
         items: torch.Tensor,
         sampler: NegativeSampler,
         generator: torch.Generator,
-        user_items: CSR | None = None,
     ) -> None:
         super().__init__(params, config, len(users), generator)
         self.implicit_config = config
@@ -188,7 +187,7 @@ class _ImplicitTrainer(FlexMFTrainer):
         self.compiled: CompiledImplicitStep | None = None
         if compiled_step_applies(config, self.device) and isinstance(self.optimizer, RowSparseAdam):
             self.compiled = CompiledImplicitStep(
-                params, config, users, items, generator, self.optimizer, user_items
+                params, config, users, items, sampler, self.optimizer
             )
 
     def run_epoch(self) -> float:
