@@ -132,7 +132,12 @@ def _contains(indices: Any, start: int, end: int, value: int) -> bool:
 def positives_among(users: Any, candidates: Any, indptr: Any, indices: Any, found: Any) -> None:
     """found[b, j]: whether candidates[b, j] is among the items of users[b] (`indptr`,
     `indices`: ascending per user)."""
-    for b in range(candidates.shape[0]):
+    n = candidates.shape[0]
+    for b in range(n):
+        if b + 8 < n:  # rows are read at random: their bounds first, then their middles
+            _prefetch(indptr, users[b + 8])
+            ahead = users[b + 4]
+            _prefetch(indices, (indptr[ahead] + indptr[ahead + 1]) >> 1)
         user = users[b]
         for j in range(candidates.shape[1]):
             found[b, j] = _contains(indices, indptr[user], indptr[user + 1], candidates[b, j])
