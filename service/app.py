@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 import service
 from service.api import (
@@ -32,7 +34,7 @@ from service.api.request_id import RequestId
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
 from service.db.migrations import check_schema
-from service.db.serving_reads import create_serving_engine, serving_readers
+from service.db.serving_reads import create_serving_engine, reads_on_loop, serving_readers
 from service.db.session import create_db_engine, make_sessionmaker
 from service.domain.group_commit import RatingWriter
 from service.domain.key_cache import key_authenticator
@@ -65,7 +67,14 @@ def create_app(settings: Settings) -> FastAPI:
                     # loads the active model and builds its tables, polls for new ones
                     model_registry(settings, sessions, read_engine, device) as registry,
                     serving_readers(settings.database_url, read_engine) as (markers, profiles),
-                    serving(settings, registry, markers, profiles, metrics) as runtime,
+                    serving(
+                        settings,
+                        registry,
+                        markers,
+                        profiles,
+                        metrics,
+                        local_reads=reads_on_loop(read_engine),
+                    ) as runtime,
                 ):
                     yield {
                         "service": ServiceState(
@@ -86,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             engine.dispose()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="mfserve",
         version=service.__version__,
         summary="Ratings storage and matrix-factorization recommendations.",
@@ -124,9 +133,10 @@ def create_app(settings: Settings) -> FastAPI:
             include_in_schema=False,
         )
     app.add_middleware(RequestId)
-    # In front of the layers above: serves `POST /ratings` and the plain serving routes itself,
-    # with the same rules (the router keeps the latter for its 405s).
-    app.add_middleware(
+    # In front of FastAPI's own outer layers: serves `POST /ratings` and the plain serving routes
+    # itself, with the same rules and the application's exception handlers (the router keeps
+    # the latter for its 405s).
+    app.front = partial(
         HotRoutes,
         routes=ratings.HOT_ROUTES,
         plain_routes=recommendations.HOT_ROUTES + scores.HOT_ROUTES,
@@ -135,15 +145,33 @@ def create_app(settings: Settings) -> FastAPI:
         exception_handlers=app.exception_handlers,
     )
     if settings.cors_origins:
-        app.add_middleware(
+        cors = partial(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+        hot = app.front
+        app.front = lambda stack: cors(hot(stack))
     install_contract(app, settings)
     return app
+
+
+class ServiceApp(FastAPI):
+    """The application, with layers in front of FastAPI's outer middleware (`front`).
+
+    FastAPI wraps every request in three layers of its own (server errors, telemetry, its body
+    limit) before the application's middleware: a hot call served in front of them skips
+    their cost, and their wrapped `send`.
+    """
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """FastAPI's middleware stack, with `front` around it."""
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
 
 
 def one_router(*routers: APIRouter) -> APIRouter:

@@ -35,9 +35,14 @@ from service.recommend.vectors import (
 
 
 async def _batched(context: ServingContext, job: RankJob | CallJob) -> Any:
-    """The job's answer from the next batch (computed at once where there is no batcher)."""
+    """The job's answer from the next batch (computed at once where there is no batcher, and
+    for a call that ranks nothing when profiles are read on the event loop)."""
     serving = context.serving
     batcher = serving.batcher
+    if isinstance(job, CallJob) and serving.profiles.local:
+        profiles = await serving.profiles.read(job.reads, context.served) if job.reads else {}
+        with torch.inference_mode():
+            return job.run(profiles)
     if batcher is None:
         answer = run_inline(await rank_batch([job], serving.profiles, ScoreBuffers()))[0]
     else:
@@ -123,7 +128,11 @@ def _scores(
         assert history is not None
         indices = primary.vocabulary.indices(history.items)
         vector = history_vector(primary, indices, history.ratings)
-    wanted = primary.vocabulary.indices(list(items))
+    wanted = primary.vocabulary.indices(items)
+    if len(wanted) and int(wanted.min()) >= 0:  # every item known: the usual call
+        values = primary.table.score_items(vector.embedding, vector.bias, wanted)
+        every: list[tuple[str, float | None]] = list(zip(items, values, strict=True))
+        return Scores(context.served.version, vector.source, every, [])
     known = wanted >= 0
     values = primary.table.score_items(vector.embedding, vector.bias, wanted[known])
     it = iter(values)
