@@ -34,7 +34,7 @@ from service.api.request_id import RequestId
 from service.api.state import LifespanState, ServiceState
 from service.config import Settings
 from service.db.migrations import check_schema
-from service.db.serving_reads import create_serving_engine, reads_on_loop, serving_readers
+from service.db.serving_reads import create_serving_engine, serving_readers
 from service.db.session import create_db_engine, make_sessionmaker
 from service.domain.group_commit import RatingWriter
 from service.domain.key_cache import key_authenticator
@@ -67,14 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
                     # loads the active model and builds its tables, polls for new ones
                     model_registry(settings, sessions, read_engine, device) as registry,
                     serving_readers(settings.database_url, read_engine) as (markers, profiles),
-                    serving(
-                        settings,
-                        registry,
-                        markers,
-                        profiles,
-                        metrics,
-                        local_reads=reads_on_loop(read_engine),
-                    ) as runtime,
+                    serving(settings, registry, markers, profiles, metrics) as runtime,
                 ):
                     yield {
                         "service": ServiceState(

@@ -170,12 +170,6 @@ def create_serving_engine(database_url: str) -> Engine:
     return create_db_engine(database_url, **options)
 
 
-def reads_on_loop(engine: Engine) -> bool:
-    """Whether `serving_readers` reads on the event loop itself (SQLite) rather than over a
-    socket the loop waits on (PostgreSQL)."""
-    return engine.dialect.name == "sqlite"
-
-
 MarkerRead = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
 ProfileRead = Callable[[Sequence[str]], Awaitable[dict[str, UserProfile]]]
 
@@ -191,7 +185,7 @@ async def serving_readers(
     connection; PostgreSQL's go through psycopg's async API, so the loop waits on the socket
     and no thread is involved.
     """
-    if reads_on_loop(engine):
+    if engine.dialect.name == "sqlite":
         held = HeldConnections(engine)
         marker_reader = MarkerReader(engine, held.fetch)
         profile_reader = ProfileReader(engine, held.fetch)

@@ -35,14 +35,9 @@ from service.recommend.vectors import (
 
 
 async def _batched(context: ServingContext, job: RankJob | CallJob) -> Any:
-    """The job's answer from the next batch (computed at once where there is no batcher, and
-    for a call that ranks nothing when profiles are read on the event loop)."""
+    """The job's answer from the next batch (computed at once where there is no batcher)."""
     serving = context.serving
     batcher = serving.batcher
-    if isinstance(job, CallJob) and serving.profiles.local:
-        profiles = await serving.profiles.read(job.reads, context.served) if job.reads else {}
-        with torch.inference_mode():
-            return job.run(profiles)
     if batcher is None:
         answer = run_inline(await rank_batch([job], serving.profiles, ScoreBuffers()))[0]
     else:

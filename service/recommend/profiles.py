@@ -75,20 +75,10 @@ class ProfileSource:
     """Profiles of users for the served version: its snapshot state, the cache of changed
     users, and the database's ratings, in that order."""
 
-    def __init__(
-        self,
-        markers: MarkerFetch,
-        profiles: ProfileFetch,
-        cache_ratings: int,
-        local: bool = False,
-    ) -> None:
+    def __init__(self, markers: MarkerFetch, profiles: ProfileFetch, cache_ratings: int) -> None:
         self._markers = markers
         self._profiles = profiles
         self.changed = ChangedUsers(cache_ratings)
-        self.local = local
-        """Whether a read runs on the event loop itself (a local database): one user's read
-        then costs less than a job's share of a batch, so calls that rank nothing read
-        directly."""
 
     async def read(self, users: Sequence[str], served: ServedModel) -> dict[str, UserProfile]:
         """The profiles of the users that exist: two queries at most (markers, then the

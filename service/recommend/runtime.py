@@ -60,13 +60,10 @@ async def serving(
     markers: MarkerFetch,
     profiles: ProfileFetch,
     metrics: ServiceMetrics | None = None,
-    *,
-    local_reads: bool = False,
 ) -> AsyncIterator[Serving]:
     """Serve with a batcher whose profile reads go through `markers` and `profiles` (and the
-    interpreter's GIL switch interval shortened to `GIL_SWITCH_INTERVAL_S` meanwhile);
-    `local_reads`: they run on the event loop (`ProfileSource.local`)."""
-    source = ProfileSource(markers, profiles, settings.profile_cache_ratings, local_reads)
+    interpreter's GIL switch interval shortened to `GIL_SWITCH_INTERVAL_S` meanwhile)."""
+    source = ProfileSource(markers, profiles, settings.profile_cache_ratings)
     runtime = Serving(settings, registry, source, metrics)
     batcher = Batcher(batch_function(source, ScoreBuffers()))
     runtime.batcher = batcher
