@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from service.app import create_app
 from service.config import load_settings
@@ -121,3 +121,37 @@ def test_a_failed_import_stops_its_reader_thread(
     assert code == 1
     assert counts(engine)[0] == 28  # the seven batches before the bad line's
     assert not [t for t in threading.enumerate() if t.name == "mfserve-import-reader"]
+
+
+def test_imports_over_stored_ratings_keep_the_upsert_rules(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Chunks of new pairs, of stored pairs and of both follow the rules of `POST /ratings`."""
+    first = tmp_path / "first.csv"
+    first.write_text("user,item,rating,timestamp\nu1,i1,3,100\nu1,i2,4,100\nu2,i1,2,100\n")
+    result = mfserve(database_url, "import", str(first), "--batch-size", "2", "--no-progress")
+    assert "3 inserted, 0 updated, 0 ignored" in result.stdout, result.stderr
+    result = mfserve(database_url, "import", str(first), "--batch-size", "2", "--no-progress")
+    assert "0 inserted, 3 updated, 0 ignored" in result.stdout, result.stderr  # equal: replaces
+    second = tmp_path / "second.csv"
+    second.write_text(
+        "user,item,rating,timestamp\n"
+        "u1,i1,5,200\nu1,i2,1,50\n"  # newer: replaces; older: ignored
+        "u3,i1,4,10\nu3,i1,4.5,10\n"  # a new pair twice in one chunk: the later row wins
+        "u2,i2,1,10\n"  # new pair of a stored user
+    )
+    result = mfserve(database_url, "import", str(second), "--batch-size", "2", "--no-progress")
+    assert "2 inserted, 1 updated, 2 ignored" in result.stdout, result.stderr
+    query = text(
+        "SELECT u.external_id, i.external_id, r.rating FROM ratings r"
+        " JOIN users u ON u.id = r.user_id JOIN items i ON i.id = r.item_id"
+    )
+    with engine.connect() as connection:
+        stored = {(user, item): rating for user, item, rating in connection.execute(query)}
+    assert stored == {
+        ("u1", "i1"): 5.0,
+        ("u1", "i2"): 4.0,
+        ("u2", "i1"): 2.0,
+        ("u2", "i2"): 1.0,
+        ("u3", "i1"): 4.5,
+    }

@@ -94,13 +94,13 @@ _STORED_TIMES = """
 
 def stored_times(cursor: Any, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], datetime]:
     """The stored event time of each (user id, item id) pair that has a rating."""
-    users = _array_literal(pair[0] for pair in pairs)
-    items = _array_literal(pair[1] for pair in pairs)
+    users = array_literal(pair[0] for pair in pairs)
+    items = array_literal(pair[1] for pair in pairs)
     rows = cursor.execute(_STORED_TIMES, (users, items)).fetchall()
     return {(user_id, item_id): event_at for user_id, item_id, event_at in rows}
 
 
-def _array_literal(values: Iterable[object]) -> str:
+def array_literal(values: Iterable[object]) -> str:
     """A PostgreSQL array literal of numbers and nulls (far cheaper than adapting a list)."""
     values = list(values)
     if None not in values:
@@ -196,10 +196,10 @@ def write_batch(
     event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
     parameters = {
         "now": now,
-        "users": _array_literal(user_ids),
-        "items": _array_literal(item_ids),
-        "ratings": _array_literal(ratings),
-        "times": _array_literal(event_us),
+        "users": array_literal(user_ids),
+        "items": array_literal(item_ids),
+        "ratings": array_literal(ratings),
+        "times": array_literal(event_us),
     }
     inserted, updated = cursor.execute(_UPSERT_BATCH, parameters).fetchone()
     return int(inserted), int(updated)
@@ -233,11 +233,11 @@ def write_ratings(
         event_us = ((time - _EPOCH) // _MICROSECOND for time in columns[3])
         stored_at = columns[4][0]
         if columns[4].count(stored_at) == len(rows):
-            arrays = [_array_literal(column) for column in (*columns[:3], event_us)]
+            arrays = [array_literal(column) for column in (*columns[:3], event_us)]
             cursor.execute(_UPSERT_ARRAYS_ONE_STORED_AT, [stored_at, *arrays])
         else:
             stored_us = ((time - _EPOCH) // _MICROSECOND for time in columns[4])
-            arrays = [_array_literal(column) for column in (*columns[:3], event_us, stored_us)]
+            arrays = [array_literal(column) for column in (*columns[:3], event_us, stored_us)]
             cursor.execute(_UPSERT_ARRAYS, arrays)
     else:
         cursor.execute(_CREATE_STAGE)
@@ -258,4 +258,4 @@ _TOUCH = """
 
 def touch_users(cursor: Any, user_ids: Sequence[int], now: datetime) -> None:
     """Record that these users' histories changed: bump the version, set the time."""
-    cursor.execute(_TOUCH, (now, _array_literal(user_ids)))
+    cursor.execute(_TOUCH, (now, array_literal(user_ids)))

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from service.db import postgres_stage, postgres_upsert, sqlite_upsert
+from service.db import postgres_prepared, postgres_stage, postgres_upsert, sqlite_upsert
 
 
 @dataclass(slots=True)
@@ -21,17 +21,39 @@ class RatingBatch:
     items: list[str] = field(default_factory=list)
     ratings: list[float | None] = field(default_factory=list)
     event_times: list[datetime] = field(default_factory=list)
-    staged: bytes | None = field(default=None, repr=False, compare=False)
-    """The rows as PostgreSQL's staging path copies them, once `prepare_batch` made them."""
+    prepared: postgres_prepared.PreparedRows | None = field(default=None, repr=False, compare=False)
+    """The winning rows made ready for PostgreSQL by `prepare_batch` (`db.postgres_prepared`)."""
+    winners: list[int] | None = field(default=None, repr=False, compare=False)
+    """`winning_rows` of the batch, once SQLite's `prepare_batch` found them."""
+    time_keys: list[str] | None = field(default=None, repr=False, compare=False)
+    """Each row's event time as SQLite stores it, once `prepare_batch` made them."""
 
     def __len__(self) -> int:
         return len(self.users)
 
 
 def prepare_batch(batch: RatingBatch, dialect: str) -> None:
-    """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`."""
-    if dialect == "postgresql" and len(batch) >= postgres_stage.STAGE_MIN_ROWS:
-        batch.staged = postgres_stage.encode(batch)
+    """Do the client's share of storing `batch` now (in any thread), ahead of `upsert_*`.
+
+    On PostgreSQL the batch then takes `db.postgres_prepared`'s path whatever its size; on
+    SQLite its winning rows and stored time keys are found here instead of in the writer.
+    """
+    if dialect == "postgresql" and len(batch):
+        rows = winning_rows(batch)
+        winners = batch
+        if len(rows) < len(batch):
+            winners = RatingBatch(
+                [batch.users[i] for i in rows],
+                [batch.items[i] for i in rows],
+                [batch.ratings[i] for i in rows],
+                [batch.event_times[i] for i in rows],
+            )
+        batch.prepared = postgres_prepared.prepare_rows(
+            winners.users, winners.items, winners.ratings, winners.event_times
+        )
+    elif dialect == "sqlite" and len(batch):
+        batch.winners = winning_rows(batch)
+        batch.time_keys = [sqlite_upsert.time_key(time) for time in batch.event_times]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +85,13 @@ def upsert_batches(
     fixed order first, so that concurrent writers on PostgreSQL wait instead of deadlocking.
     """
     postgres = connection.dialect.name == "postgresql"
+    if postgres and len(batches) == 1 and batches[0].prepared is not None:
+        return [_upsert_prepared(connection, batches[0], nows[0])]
     if postgres and len(batches) == 1 and len(batches[0]) >= postgres_stage.STAGE_MIN_ROWS:
         return [_upsert_staged(connection, batches[0], nows[0])]
-    winners = [winning_rows(batch) for batch in batches]
+    winners = [
+        batch.winners if batch.winners is not None else winning_rows(batch) for batch in batches
+    ]
     if not any(winners):
         return [UpsertCounts(0, 0, 0) for _ in batches]
     backend: Any = postgres_upsert if postgres else sqlite_upsert
@@ -91,18 +117,17 @@ def upsert_batches(
             return [UpsertCounts(inserted, updated, len(batch) - inserted - updated)]
         time_key = backend.time_key
         # (batch index, user id, item id, rating, event time key, stored-at key), arrival order
-        rows_in_order = [
-            (
-                index,
-                user_ids[batch.users[i]],
-                item_ids[batch.items[i]],
-                batch.ratings[i],
-                time_key(batch.event_times[i]),
-                time_key(nows[index]),
-            )
-            for index, (batch, batch_winners) in enumerate(pairs)
-            for i in batch_winners
-        ]
+        rows_in_order: list[tuple[int, int, int, float | None, Any, Any]] = []
+        for index, (batch, batch_winners) in enumerate(pairs):
+            users, items, ratings = batch.users, batch.items, batch.ratings
+            stored_key = time_key(nows[index])
+            keys = batch.time_keys if not postgres else None
+            if keys is None:
+                keys = list(map(time_key, batch.event_times))
+            rows_in_order += [
+                (index, user_ids[users[i]], item_ids[items[i]], ratings[i], keys[i], stored_key)
+                for i in batch_winners
+            ]
         pair_keys = sorted({(row[1], row[2]) for row in rows_in_order})
         stored = backend.stored_times(cursor, pair_keys)
         counts, writes = _replay(rows_in_order, stored, [len(batch) for batch in batches])
@@ -118,10 +143,21 @@ def upsert_batches(
 
 def _upsert_staged(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
     """Store one large batch through PostgreSQL's staging path (`db.postgres_stage`)."""
-    rows = batch.staged if batch.staged is not None else postgres_stage.encode(batch)
+    rows = postgres_stage.encode(batch)
     cursor = _driver_cursor(connection)
     try:
         inserted, updated = postgres_stage.write_batch(cursor, rows, now)
+    finally:
+        cursor.close()
+    return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
+
+
+def _upsert_prepared(connection: Connection, batch: RatingBatch, now: datetime) -> UpsertCounts:
+    """Store one batch that `prepare_batch` made ready for PostgreSQL (`db.postgres_prepared`)."""
+    assert batch.prepared is not None
+    cursor = _driver_cursor(connection)
+    try:
+        inserted, updated = postgres_prepared.write_prepared(cursor, batch.prepared, now)
     finally:
         cursor.close()
     return UpsertCounts(inserted, updated, len(batch) - inserted - updated)
@@ -142,6 +178,8 @@ def winning_rows(batch: RatingBatch) -> list[int]:
     """Indices of the rows that win within the batch: newest time, ties to the later row."""
     if len(batch) == 1:
         return [0]
+    if len(set(zip(batch.users, batch.items, strict=True))) == len(batch):
+        return list(range(len(batch)))  # no pair twice: every row wins
     best: dict[tuple[str, str], int] = {}
     times = batch.event_times
     for index, key in enumerate(zip(batch.users, batch.items, strict=True)):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import queue
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import Any
 
 from service.config import Settings
 from service.db.migrations import SchemaNotCurrentError, check_schema
@@ -25,51 +23,18 @@ from service.db.session import (
 )
 from service.db.upsert import RatingBatch, UpsertCounts, prepare_batch, upsert_ratings
 from service.domain.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
-from service.tools.datasets import DatasetError, fetch_ml100k
-from service.tools.movielens_metadata import import_ml100k_metadata
+from service.tools.ratings_file import (
+    CsvColumns,
+    FileLayout,
+    ImportFailedError,
+    RawChunk,
+    count_lines,
+    detect_format,
+    file_layout,
+    read_chunks,
+)
 
-
-class ImportFailedError(RuntimeError):
-    """A file cannot be imported (unreadable, unknown layout, or invalid rows)."""
-
-
-@dataclass(frozen=True)
-class CsvColumns:
-    """Where a generic CSV file keeps each field (`mfserve import --format csv` options)."""
-
-    delimiter: str = ","
-    user: str = "user"
-    item: str = "item"
-    rating: str = "rating"
-    timestamp: str = "timestamp"
-
-
-@dataclass(frozen=True)
-class FileLayout:
-    """How to read a ratings file: delimiter, header, and which columns hold what."""
-
-    delimiter: str
-    header: bool
-    user: str | int
-    item: str | int
-    rating: str | int | None
-    timestamp: str | int | None
-
-
-@dataclass
-class RawChunk:
-    """Up to a batch of rows as read: numbers converted, conversion errors noted by offset."""
-
-    lines: list[int] = field(default_factory=list)
-    """The file line of each row."""
-    users: list[object] = field(default_factory=list)
-    items: list[object] = field(default_factory=list)
-    ratings: list[object] = field(default_factory=list)
-    timestamps: list[object] = field(default_factory=list)
-    errors: list[RowError] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.users)
+__all__ = ["CsvColumns", "ImportFailedError", "ImportReport", "import_file", "run_import_command"]
 
 
 @dataclass
@@ -91,98 +56,6 @@ class ImportReport:
         self.ignored += counts.ignored
 
 
-def detect_format(path: Path) -> str:
-    """The format of a ratings file from its name and first line."""
-    if path.name == "u.data":
-        return "ml100k-udata"
-    if path.suffix == ".inter":
-        return "recbole-inter"
-    with path.open(encoding="utf-8", newline="") as handle:
-        first = handle.readline()
-    if first.replace(" ", "").lower().startswith("userid,movieid,rating"):
-        return "movielens-csv"
-    return "csv"
-
-
-def file_layout(fmt: str, columns: CsvColumns) -> FileLayout:
-    """The layout of a format; generic CSV takes its columns and delimiter from `columns`."""
-    if fmt == "movielens-csv":
-        return FileLayout(",", True, "userId", "movieId", "rating", "timestamp")
-    if fmt == "ml100k-udata":
-        return FileLayout("\t", False, 0, 1, 2, 3)
-    if fmt == "recbole-inter":
-        return FileLayout("\t", True, "user_id", "item_id", "rating", "timestamp")
-    return FileLayout(
-        columns.delimiter, True, columns.user, columns.item, columns.rating, columns.timestamp
-    )
-
-
-def _column_index(header: list[str], name: str | int | None, *, required: bool) -> int | None:
-    if name is None or isinstance(name, int):
-        return name
-    # RecBole headers carry types ("user_id:token"); match the name before the colon too.
-    names = [column.strip() for column in header]
-    bare = [column.split(":", 1)[0] for column in names]
-    for candidates in (names, bare):
-        if name in candidates:
-            return candidates.index(name)
-    if required:
-        raise ImportFailedError(f"no column {name!r} in the header {', '.join(names)}")
-    return None
-
-
-def read_chunks(path: Path, layout: FileLayout, batch_size: int) -> Iterator[RawChunk]:
-    """Rows of a file in chunks of `batch_size`, numbers converted, line numbers kept."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter=layout.delimiter)
-        header = next(reader, []) if layout.header else []
-        user = _column_index(header, layout.user, required=True)
-        item = _column_index(header, layout.item, required=True)
-        rating = _column_index(header, layout.rating, required=False)
-        stamp = _column_index(header, layout.timestamp, required=False)
-        assert user is not None
-        assert item is not None
-        width = max(i for i in (user, item, rating, stamp) if i is not None) + 1
-        chunk = RawChunk()
-        lines, users, items = chunk.lines, chunk.users, chunk.items
-        ratings, timestamps, errors = chunk.ratings, chunk.timestamps, chunk.errors
-        for row in reader:
-            if not row:
-                continue
-            offset = len(users)
-            lines.append(reader.line_num)
-            if len(row) < width:
-                message = f"expected at least {width} columns, got {len(row)}"
-                errors.append(RowError(offset, "", message))
-                row = row + [""] * (width - len(row))
-            users.append(row[user])
-            items.append(row[item])
-            value: object = None
-            if rating is not None and (text := row[rating].strip()):
-                try:
-                    value = float(text)
-                except ValueError:
-                    errors.append(RowError(offset, "rating", f"not a number: {text[:64]!r}"))
-            ratings.append(value)
-            value = None
-            if stamp is not None and (text := row[stamp].strip()):
-                try:
-                    value = int(text)
-                except ValueError:
-                    try:
-                        value = float(text)
-                    except ValueError:
-                        value = text  # ISO 8601, or nonsense for the shared validator to name
-            timestamps.append(value)
-            if offset + 1 >= batch_size:
-                yield chunk
-                chunk = RawChunk()
-                lines, users, items = chunk.lines, chunk.users, chunk.items
-                ratings, timestamps, errors = chunk.ratings, chunk.timestamps, chunk.errors
-        if len(chunk):
-            yield chunk
-
-
 def validate_chunk(
     chunk: RawChunk, settings: Settings, now: datetime, *, skip_invalid: bool
 ) -> tuple[RatingBatch, list[RowError]]:
@@ -200,15 +73,6 @@ def validate_chunk(
         keep = [i for i in range(len(chunk)) if i not in bad]
         users, items, ratings, timestamps = ([column[i] for i in keep] for column in columns)
         return validate_columns(users, items, ratings, timestamps, rules, now=now), errors
-
-
-def count_lines(path: Path) -> int:
-    """Newlines in a file (for the progress bar's total)."""
-    lines = 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            lines += block.count(b"\n")
-    return lines
 
 
 @dataclass
@@ -275,6 +139,28 @@ def _checked_chunks(
         reader.join()
 
 
+class _NoProgress:
+    """Stands in for the progress bar when it is hidden (tqdm is then not even imported)."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, rows: int) -> None:
+        """Count rows done (nothing to show)."""
+
+
+def _progress_bar(total: int, *, enabled: bool) -> Any:
+    """A tqdm bar on stderr for `total` rows, or a stand-in that shows nothing."""
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" rows", file=sys.stderr)
+
+
 def import_file(
     path: Path,
     layout: FileLayout,
@@ -300,7 +186,7 @@ def import_file(
         )
         with (
             closing(checked),
-            tqdm(total=total, unit=" rows", disable=not progress, file=sys.stderr) as bar,
+            _progress_bar(total, enabled=progress) as bar,
         ):
             for item in checked:
                 chunk, batch, errors, now = item.chunk, item.batch, item.errors, item.now
@@ -326,6 +212,27 @@ def import_file(
     return report
 
 
+def _dataset_file(settings: Settings) -> Path:
+    """MovieLens 100K's ratings file, fetched into the cache if needed."""
+    from service.tools.datasets import DatasetError, fetch_ml100k
+
+    try:
+        return fetch_ml100k(settings.cache_dir)
+    except DatasetError as exc:
+        raise ImportFailedError(str(exc)) from exc
+
+
+def _dataset_metadata(settings: Settings) -> tuple[int, int]:
+    """Load MovieLens 100K's item and user metadata; (items, users) described."""
+    from service.tools.datasets import DatasetError
+    from service.tools.movielens_metadata import import_ml100k_metadata
+
+    try:
+        return import_ml100k_metadata(settings)
+    except DatasetError as exc:
+        raise ImportFailedError(str(exc)) from exc
+
+
 def run_import_command(
     settings: Settings,
     *,
@@ -339,7 +246,7 @@ def run_import_command(
 ) -> int:
     """`mfserve import PATH | --dataset ml-100k`: returns the exit code."""
     try:
-        source = fetch_ml100k(settings.cache_dir) if dataset else path
+        source = _dataset_file(settings) if dataset else path
         if source is None or not source.is_file():
             raise ImportFailedError(f"{source}: no such file")
         if fmt == "auto":
@@ -354,11 +261,10 @@ def run_import_command(
             skip_invalid=skip_invalid,
             progress=progress,
         )
-        described = import_ml100k_metadata(settings) if dataset else None
+        described = _dataset_metadata(settings) if dataset else None
     except (
         ImportFailedError,
         SchemaNotCurrentError,
-        DatasetError,
         UnicodeDecodeError,
         OSError,
     ) as exc:

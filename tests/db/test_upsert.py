@@ -10,7 +10,13 @@ from sqlalchemy import Engine, select
 
 from service.db.session import make_sessionmaker, transaction
 from service.db.tables import items, ratings, users
-from service.db.upsert import RatingBatch, UpsertCounts, upsert_batches, upsert_ratings
+from service.db.upsert import (
+    RatingBatch,
+    UpsertCounts,
+    prepare_batch,
+    upsert_batches,
+    upsert_ratings,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -166,3 +172,29 @@ def test_a_group_that_changes_nothing_touches_no_history(engine: Engine) -> None
         )
     assert counts == [UpsertCounts(0, 0, 1), UpsertCounts(0, 0, 1)]
     assert history(engine, "u") == 1
+
+
+def test_prepared_batches_store_what_unprepared_ones_store(engine: Engine) -> None:
+    """`prepare_batch` (the importer's reader thread) changes how a batch is sent, not what."""
+    rounds = [
+        [("u", "a", 3.0, 10), ("u", "b", None, 10), ("v", "a", 1.0, 5)],
+        [("u", "a", 4.0, 20), ("u", "a", 2.0, 20), ("v", "a", 1.5, 4), ("w", "c", 5.0, 1)],
+        [("u", "b", 2.5, 10), ("w", "c", 0.5, 1), ("w", "c", 1.0, 0), ("x", "a", None, 3)],
+    ]
+    outcomes: dict[str, list[UpsertCounts]] = {}
+    for prefix in ("plain-", "prepared-"):
+        outcomes[prefix] = []
+        for rows in rounds:
+            prefixed = batch(
+                *[(prefix + user, item, rating, at) for user, item, rating, at in rows]
+            )
+            if prefix == "prepared-":
+                prepare_batch(prefixed, engine.dialect.name)
+            outcomes[prefix].append(store(engine, prefixed))
+    assert outcomes["plain-"] == outcomes["prepared-"]
+    result = stored(engine)
+    plain = {(u[len("plain-") :], i): v for (u, i), v in result.items() if u.startswith("plain-")}
+    prepared = {(u[9:], i): v for (u, i), v in result.items() if u.startswith("prepared-")}
+    assert plain == prepared
+    assert prepared[("u", "a")] == (2.0, T0 + timedelta(seconds=20))  # equal time: the later row
+    assert history(engine, "prepared-w") == history(engine, "plain-w") == 2

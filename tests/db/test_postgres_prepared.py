@@ -1,0 +1,116 @@
+"""PostgreSQL's path for batches made ready ahead (`prepare_batch`, as `mfserve import` does):
+the same upsert rules as every other path, and no orphans under concurrent user deletions."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from service.db import queries
+from service.db.session import make_sessionmaker, transaction
+from service.db.upsert import RatingBatch, UpsertCounts, prepare_batch, upsert_ratings
+from tests.db.test_rating_integrity import ORPHANS
+from tests.db.test_upsert import T0, batch, history, stored
+
+
+@pytest.fixture(params=["postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The prepared path is PostgreSQL's: this module runs on PostgreSQL only."""
+    return str(request.param)
+
+
+def store(engine: Engine, rows: RatingBatch) -> UpsertCounts:
+    """Store a batch the way the importer does: prepared first, then upserted."""
+    prepare_batch(rows, engine.dialect.name)
+    assert rows.prepared is not None
+    with transaction(make_sessionmaker(engine, write=True)) as session:
+        return upsert_ratings(session, rows, now=datetime.now(UTC))
+
+
+def test_prepared_batches_keep_the_upsert_rules(engine: Engine) -> None:
+    assert store(engine, batch(("u", "a", 3.0, 10), ("u", "b", None, 10))) == UpsertCounts(2, 0, 0)
+    assert history(engine, "u") == 1
+    assert store(engine, batch(("u", "a", 4.0, 20))) == UpsertCounts(0, 1, 0)
+    assert store(engine, batch(("u", "a", 1.0, 15))) == UpsertCounts(0, 0, 1)
+    assert history(engine, "u") == 2  # the ignored row changed nothing
+    rows = batch(("v", "a", 1.0, 10), ("v", "a", 2.0, 30), ("v", "a", 3.0, 20), ("v", "a", 5.0, 30))
+    assert store(engine, rows) == UpsertCounts(1, 0, 3)  # newest wins, ties: the later row
+    assert store(engine, batch(("u", "b", 2.5, 10))) == UpsertCounts(0, 1, 0)  # equal: replaces
+    assert stored(engine) == {
+        ("u", "a"): (4.0, T0 + timedelta(seconds=20)),
+        ("u", "b"): (2.5, T0 + timedelta(seconds=10)),
+        ("v", "a"): (5.0, T0 + timedelta(seconds=30)),
+    }
+
+
+def test_a_large_prepared_batch_with_duplicates(engine: Engine) -> None:
+    rows = [(f"u{n % 300}", f"i{n % 1_000}", float(1 + n % 5), n % 7) for n in range(12_000)]
+    counts = store(engine, batch(*rows))
+    winners: dict[tuple[str, str], tuple[float, int]] = {}
+    for user, item, rating, seconds in rows:
+        if (user, item) not in winners or seconds >= winners[(user, item)][1]:
+            winners[(user, item)] = (rating, seconds)
+    assert counts == UpsertCounts(len(winners), 0, len(rows) - len(winners))
+    assert stored(engine) == {
+        pair: (rating, T0 + timedelta(seconds=seconds))
+        for pair, (rating, seconds) in winners.items()
+    }
+
+
+def test_prepared_ids_round_trip(engine: Engine) -> None:
+    names = [
+        "Zoë",
+        "用户",
+        "🙂 smile",
+        "a" * 128,
+        'O\'Brien "quoted" \\ back',
+        "\\N",
+        "x\\ty",
+        "{a,b}",
+    ]
+    store(engine, batch(*[(name, name, 0.5 + n * 0.5, n) for n, name in enumerate(names)]))
+    result = stored(engine)
+    assert {(name, name) for name in names} == set(result)
+    assert result[("\\N", "\\N")][0] == 3.0
+
+
+def test_prepared_writes_and_user_deletions_leave_no_orphans(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine, write=True)
+    names = [f"u{n}" for n in range(8)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for round_ in range(40):
+                rating = float(1 + round_ % 4)
+                rows = batch(*[(user, f"i{n}", rating, round_) for user in names for n in range(5)])
+                prepare_batch(rows, "postgresql")
+                with transaction(sessions) as session:
+                    upsert_ratings(session, rows, now=T0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def delete() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                with transaction(sessions) as session:
+                    queries.delete_user(session, names[n % len(names)])
+                n += 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=delete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with engine.connect() as connection:
+        assert connection.execute(ORPHANS).scalar_one() == 0
