@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 import service
 from service.api import (
@@ -86,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             engine.dispose()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="mfserve",
         version=service.__version__,
         summary="Ratings storage and matrix-factorization recommendations.",
@@ -124,9 +126,10 @@ def create_app(settings: Settings) -> FastAPI:
             include_in_schema=False,
         )
     app.add_middleware(RequestId)
-    # In front of the layers above: serves `POST /ratings` and the plain serving routes itself,
-    # with the same rules (the router keeps the latter for its 405s).
-    app.add_middleware(
+    # In front of FastAPI's own outer layers: serves `POST /ratings` and the plain serving routes
+    # itself, with the same rules and the application's exception handlers (the router keeps
+    # the latter for its 405s).
+    app.front = partial(
         HotRoutes,
         routes=ratings.HOT_ROUTES,
         plain_routes=recommendations.HOT_ROUTES + scores.HOT_ROUTES,
@@ -135,15 +138,33 @@ def create_app(settings: Settings) -> FastAPI:
         exception_handlers=app.exception_handlers,
     )
     if settings.cors_origins:
-        app.add_middleware(
+        cors = partial(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+        hot = app.front
+        app.front = lambda stack: cors(hot(stack))
     install_contract(app, settings)
     return app
+
+
+class ServiceApp(FastAPI):
+    """The application, with layers in front of FastAPI's outer middleware (`front`).
+
+    FastAPI wraps every request in three layers of its own (server errors, telemetry, its body
+    limit) before the application's middleware: a hot call served in front of them skips
+    their cost, and their wrapped `send`.
+    """
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """FastAPI's middleware stack, with `front` around it."""
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
 
 
 def one_router(*routers: APIRouter) -> APIRouter:

@@ -171,7 +171,9 @@ async def _serve_plain(
     async def receive() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    response = await endpoint.handler(Request(scope, receive))
+    request = Request(scope, receive)
+    request._body = body  # read already: `request.body()` answers it without a receive
+    response = await endpoint.handler(request)
     headers = [h for h in response.raw_headers if h[0] not in _SET_HERE]
     return response.status_code, bytes(response.body), headers
 

@@ -183,7 +183,7 @@ async def request_body(request: Request, model: type[ModelT]) -> ModelT:
     try:
         raw = await request.body()
         if raw:
-            data = json.loads(raw) if _is_json(request.headers.get("content-type")) else raw
+            data = _loads(raw) if _is_json(request.headers.get("content-type")) else raw
     except json.JSONDecodeError as error:
         problem = {
             "type": "json_invalid",
@@ -211,6 +211,16 @@ async def request_body(request: Request, model: type[ModelT]) -> ModelT:
 
 
 _MISSING = object()
+
+
+def _loads(raw: bytes) -> Any:
+    """JSON decoded by orjson (several times faster), or by `json` where orjson refuses it: the
+    same value for any document orjson reads, and `json`'s own error (and its leniency: NaN,
+    huge integers, UTF-16) for the rest."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _is_json(content_type: str | None) -> bool:

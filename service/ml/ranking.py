@@ -121,9 +121,10 @@ class ItemTable:
             bias = 0.0
         if self.host is not None:  # a few rows: numpy costs a fraction of torch's calls
             factors, offsets = self.host
-            raw = offsets[items] + np.float32(bias)
+            raw = offsets.take(items) + np.float32(bias)
             if embedding is not None and self.width:
-                raw += factors[items] @ embedding.detach().numpy().astype(np.float32, copy=False)
+                vector = embedding.detach().numpy().astype(np.float32, copy=False)
+                raw += factors.take(items, axis=0) @ vector
             scores = torch.from_numpy(raw)
         else:
             index = torch.as_tensor(items, device=self.device)

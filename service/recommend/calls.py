@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from service.errors import ConflictError, NotFoundError
@@ -123,7 +124,14 @@ def _scores(
         assert history is not None
         indices = primary.vocabulary.indices(history.items)
         vector = history_vector(primary, indices, history.ratings)
-    wanted = primary.vocabulary.indices(list(items))
+    index = primary.vocabulary.index
+    rows = [index(item) for item in items]
+    if None not in rows:  # every item known: the usual call
+        found = np.array(rows, dtype=np.int64)
+        values = primary.table.score_items(vector.embedding, vector.bias, found)
+        every: list[tuple[str, float | None]] = list(zip(items, values, strict=True))
+        return Scores(context.served.version, vector.source, every, [])
+    wanted = np.array([-1 if row is None else row for row in rows], dtype=np.int64)
     known = wanted >= 0
     values = primary.table.score_items(vector.embedding, vector.bias, wanted[known])
     it = iter(values)

@@ -84,3 +84,19 @@ def test_the_plain_serving_routes_keep_the_stack_rules(client: TestClient) -> No
     assert 'mfserve_requests_total{method="GET",route="/recommend/{user}",status="503"} 1.0' in text
     assert 'mfserve_requests_total{method="GET",route="/recommend/{user}",status="422"} 1.0' in text
     assert 'mfserve_requests_total{method="POST",route="/scores",status="415"} 1.0' in text
+
+
+def test_the_hot_routes_answer_cors_requests_in_front_of_fastapis_layers(
+    settings: Settings,
+) -> None:
+    values = {**settings.model_dump(), "cors_origins": "https://shop.example"}
+    origin = {"Origin": "https://shop.example"}
+    with TestClient(create_app(load_settings(**values))) as client:
+        recommended = client.get("/recommend/u?n=3", headers=origin)
+        scored = client.post("/scores", json={"user": "u", "items": ["i"]}, headers=origin)
+        stored = client.post("/ratings", json={"user": "u", "item": "i"}, headers=origin)
+        other = client.get("/healthz", headers=origin)
+    assert [recommended.status_code, scored.status_code, stored.status_code] == [503, 503, 201]
+    for reply in (recommended, scored, stored, other):
+        assert reply.headers["access-control-allow-origin"] == "https://shop.example"
+        assert len(reply.headers["x-request-id"]) == 32
