@@ -94,3 +94,97 @@ def test_accumulate_sums_duplicate_rows() -> None:
     expected[1] = torch.tensor([-0.1, -0.1])
     expected[3] = torch.tensor([-0.1, 0.1])
     torch.testing.assert_close(table.detach(), expected)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": "logistic", "negative_count": 1},
+        {"loss": "logistic", "negative_count": 3, "positive_weight": 2.5},
+        {"loss": "pairwise", "negative_count": 2},
+        {"loss": "pairwise", "negative_count": 1, "user_bias": True, "item_bias": False},
+        {"loss": "logistic", "negative_count": 1, "user_bias": False, "item_bias": False},
+    ],
+)
+def test_compiled_step_matches_torch_step(options: dict[str, Any]) -> None:
+    config = FlexMFImplicitConfig(
+        embedding_size=6, batch_size=64, regularization=0.05, seed=1, **options
+    )
+    data = _data()
+    torch_path, compiled_path = _trainer(config, data), _trainer(config, data)
+    compiled = compiled_path.compiled
+    assert compiled is not None
+    rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(2))[:64]
+    users, positives = torch.as_tensor(data.users)[rows], torch.as_tensor(data.items)[rows]
+    # the torch path's negatives: a sampler like its own, with a generator seeded like its own
+    twin = NegativeSampler(
+        torch.as_tensor(data.users), torch.as_tensor(data.items), data.n_items, "uniform",
+        torch.Generator().manual_seed(9),
+    )  # fmt: skip
+    for _ in range(3):  # several steps: the Adam moments must agree too
+        want = torch_path.train_step(rows)
+        negatives = twin.sample(users, config.negative_count)
+        items = torch.cat([positives.unsqueeze(1), negatives], 1).numpy()
+        (got,) = compiled.train_on(users.numpy(), items, config.learning_rate)
+        assert got == pytest.approx(float(want), rel=1e-5)
+    compiled.write_back()
+    for name in ("user_table", "item_table"):
+        got_table, want_table = getattr(compiled_path.model, name), getattr(torch_path.model, name)
+        # Adam divides by each gradient's own size: float rounding shows up to ~1e-6
+        torch.testing.assert_close(got_table, want_table, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_epochs_cover_partial_batches_and_are_seeded() -> None:
+    config = FlexMFImplicitConfig(embedding_size=6, batch_size=48, epochs=2, seed=1)
+    data = _data()
+    first, second = _trainer(config, data), _trainer(config, data)
+    assert first.compiled is not None
+    losses = first.fit()
+    assert losses == second.fit()
+    assert first.compiled.steps == 2 * -(-len(data) // 48)
+    for name in ("user_table", "item_table"):
+        assert torch.equal(getattr(first.model, name), getattr(second.model, name))
+
+
+def test_compiled_step_is_the_same_on_one_thread() -> None:
+    config = FlexMFImplicitConfig(embedding_size=6, batch_size=48, epochs=2, seed=1)
+    data = _data()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _trainer(config, data)
+        one.fit()
+    finally:
+        torch.set_num_threads(threads)
+    many = _trainer(config, data)
+    many.fit()
+    for name in ("user_table", "item_table"):
+        assert torch.equal(getattr(one.model, name), getattr(many.model, name))
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "popular"])
+def test_compiled_positive_lookup_draws_what_the_bit_set_draws(strategy: Any) -> None:
+    data = _data()
+    users, items = torch.as_tensor(data.users), torch.as_tensor(data.items)
+
+    def sampler(user_items: Any) -> NegativeSampler:
+        generator = torch.Generator().manual_seed(4)
+        return NegativeSampler(
+            users, items, data.n_items, strategy, generator, user_items=user_items
+        )
+
+    compiled, bit_set = sampler(data.user_csr()), sampler(None)
+    assert compiled.bitmap is None
+    assert bit_set.bitmap is not None
+    batch = users[torch.randperm(len(users), generator=torch.Generator().manual_seed(1))]
+    for _ in range(3):
+        assert torch.equal(compiled.sample(batch, 3), bit_set.sample(batch, 3))
+    candidates = torch.randint(data.n_items, (len(batch), 3), generator=torch.Generator())
+    assert torch.equal(
+        compiled.is_positive(batch, candidates), bit_set.is_positive(batch, candidates)
+    )
+
+
+def test_torch_path_kept_for_misranked_sampling() -> None:
+    config = FlexMFImplicitConfig(embedding_size=6, loss="warp", seed=1)
+    assert _trainer(config, _data()).compiled is None

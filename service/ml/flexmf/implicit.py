@@ -12,6 +12,7 @@ from service.ml.base import ProgressCallback, UserVector
 from service.ml.data import IndexArray, Interactions, ValueArray
 from service.ml.device import resolve_device, seeded_generator
 from service.ml.flexmf.config import FlexMFImplicitConfig
+from service.ml.flexmf.cpu_step import CompiledImplicitStep, compiled_step_applies
 from service.ml.flexmf.foldin import implicit_fold_in, one_thread
 from service.ml.flexmf.implicit_step import batch_scores, row_gradients, score_gradients
 from service.ml.flexmf.losses import logistic_loss, pairwise_loss, warp_loss
@@ -19,7 +20,7 @@ from service.ml.flexmf.model import FlexMFParameters
 from service.ml.flexmf.optim import RowSparseAdam
 from service.ml.flexmf.sampling import NegativeSampler, SamplerStats, rank_weight
 from service.ml.flexmf.scoring import FlexMFScorer, known_history
-from service.ml.flexmf.training import FlexMFTrainer
+from service.ml.flexmf.training import FlexMFTrainer, lr_factor
 
 CALIBRATION_USERS = 16
 CALIBRATION_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
@@ -71,6 +72,7 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
         users = torch.as_tensor(data.users, device=device)
         items = torch.as_tensor(data.items, device=device)
         generator = seeded_generator(config.seed, device)
+        compiled = compiled_step_applies(config, device)
         sampler = NegativeSampler(
             users,
             items,
@@ -78,6 +80,8 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             config.selected_negative_strategy(),
             generator,
             exclude_positives=config.exclude_positives,
+            # on the CPU, positives looked up in the users' rows by a compiled search
+            user_items=data.user_csr() if compiled else None,
         )
         trainer = _ImplicitTrainer(params, config, users, items, sampler, generator)
         self.losses = trainer.fit(progress)
@@ -180,6 +184,22 @@ class _ImplicitTrainer(FlexMFTrainer):
         self.users, self.items, self.sampler = users, items, sampler
         self.misranked = config.selected_negative_strategy() == "misranked"
         self.sampler_stats: list[SamplerStats] = []
+        self.compiled: CompiledImplicitStep | None = None
+        if compiled_step_applies(config, self.device) and isinstance(self.optimizer, RowSparseAdam):
+            self.compiled = CompiledImplicitStep(
+                params, config, users, items, sampler, self.optimizer
+            )
+
+    def run_epoch(self) -> float:
+        """One pass over the shuffled positives (through the compiled step where it applies)."""
+        if self.compiled is None:
+            return super().run_epoch()
+        rate = self.config.learning_rate * lr_factor(self.config, self.epochs_trained)
+        order = torch.randperm(self.n_samples, generator=self.generator)
+        losses = self.compiled.train(order, rate)
+        self.epochs_trained += 1
+        self.epoch_finished()
+        return sum(losses) / max(len(losses), 1)
 
     @torch.no_grad()
     def train_step(self, rows: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from service.ml.data import CSR
 from service.ml.flexmf.config import NegativeStrategy
 
 EULER_GAMMA = 0.5772156649015329
@@ -61,7 +63,10 @@ class NegativeSampler:
         strategy: NegativeStrategy,
         generator: torch.Generator,
         exclude_positives: bool = True,
+        user_items: CSR | None = None,
     ) -> None:
+        """With `user_items` (the users' items, ascending per user) on the CPU, positives are
+        looked up there by a compiled search instead of a bit set or sorted keys built here."""
         self.n_items = n_items
         self.strategy = strategy
         self.generator = generator
@@ -69,7 +74,8 @@ class NegativeSampler:
         self.items = items
         self.keys: torch.Tensor | None = None
         self.bitmap: torch.Tensor | None = None
-        if exclude_positives:
+        self.user_items = user_items if exclude_positives else None
+        if exclude_positives and user_items is None:
             keys = users * n_items + items
             n_words = (int(users.max()) + 1) * n_items // 64 + 1 if len(users) else 1
             if n_words * 8 <= MAX_BITMAP_BYTES:
@@ -94,6 +100,15 @@ class NegativeSampler:
 
     def is_positive(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Whether each candidate (B, c) is among its user's (B,) training items."""
+        if self.user_items is not None:
+            from service.ml.flexmf import cpu_kernel  # compiled on first use, CPU only
+
+            found = np.empty(tuple(candidates.shape), dtype=np.bool_)
+            csr = self.user_items
+            cpu_kernel.positives_among(
+                users.numpy(), candidates.numpy(), csr.indptr, csr.indices, found
+            )
+            return torch.from_numpy(found)
         query = users.unsqueeze(1) * self.n_items + candidates
         if self.bitmap is not None:
             words = self.bitmap[query >> 6]
@@ -106,7 +121,7 @@ class NegativeSampler:
     def sample(self, users: torch.Tensor, count: int) -> torch.Tensor:
         """`count` negatives (B, count) per user by the uniform or popular strategy."""
         candidates = self._draw((len(users), count))
-        if self.keys is None and self.bitmap is None:
+        if self.keys is None and self.bitmap is None and self.user_items is None:
             return candidates
         redrawn: tuple[torch.Tensor, ...] | None = None
         for _ in range(REDRAW_ROUNDS):
