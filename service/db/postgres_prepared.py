@@ -41,8 +41,7 @@ class PreparedRows:
     items: list[str]
     """Each row's item."""
     ratings: list[float | None]
-    event_us: list[int]
-    """Each row's event time in epoch microseconds."""
+    event_times: list[datetime]
     copy_tails: list[str]
     """Each row's rating and event time as COPY text fields."""
 
@@ -51,13 +50,12 @@ def prepare_rows(
     users: list[str], items: list[str], ratings: list[float | None], event_times: list[datetime]
 ) -> PreparedRows:
     """The client's share of `write_prepared` for rows with one row per pair (any thread)."""
-    event_us = [(time - _EPOCH) // _MICROSECOND for time in event_times]
     rating_texts = ["\\N" if value is None else repr(value) for value in ratings]
     tails = list(
         map("\t".join, zip(rating_texts, map(datetime.isoformat, event_times), strict=True))
     )
     return PreparedRows(
-        sorted(set(users)), sorted(set(items)), users, items, ratings, event_us, tails
+        sorted(set(users)), sorted(set(items)), users, items, ratings, event_times, tails
     )
 
 
@@ -147,7 +145,7 @@ def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int,
             "users": array_literal(uids[k] for k in old),
             "items": array_literal(iids[k] for k in old),
             "ratings": array_literal(rows.ratings[k] for k in old),
-            "times": array_literal(rows.event_us[k] for k in old),
+            "times": array_literal((rows.event_times[k] - _EPOCH) // _MICROSECOND for k in old),
         }
         for user_id, was_inserted in cursor.execute(_UPSERT_STORED, parameters).fetchall():
             changed.add(user_id)
