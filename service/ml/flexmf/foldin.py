@@ -161,6 +161,44 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def fold_in_features(
+    item_factors: torch.Tensor,
+    item_bias: torch.Tensor,
+    positives: torch.Tensor,
+    negative_weights: torch.Tensor,
+    *,
+    pairwise: bool,
+    with_bias: bool,
+    generator: torch.Generator,
+    max_negatives: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An `implicit_fold_in` problem: the positives' and negatives' features [y (, 1)] in
+    float64, the negatives' normalized sampling weights (a seeded subsample beyond
+    `max_negatives`) and the positives' and negatives' item biases."""
+    device = item_factors.device
+    mask = torch.zeros(len(item_factors), dtype=torch.bool, device=device)
+    mask[positives] = True
+    negatives = torch.nonzero(~mask).squeeze(1)
+    q = negative_weights.double()[negatives]
+    keep = len(negatives) if max_negatives is None else max_negatives
+    if pairwise:
+        keep = min(keep, max(1, MAX_PAIRS // len(positives)))
+    if keep < len(negatives):
+        pick = torch.randperm(len(negatives), generator=generator, device=device)[:keep]
+        negatives, q = negatives[pick], q[pick]
+    q = q / q.sum().clamp(min=1e-12)
+
+    # features [y, 1] and offsets folded in as a fixed extra coordinate: score = f·[x, b, 1]
+    def features(index: torch.Tensor) -> torch.Tensor:
+        parts = [item_factors[index].double()]
+        if with_bias:
+            parts.append(torch.ones(len(index), 1, dtype=torch.float64, device=device))
+        return torch.cat(parts, dim=1)
+
+    pos_off, neg_off = item_bias[positives].double(), item_bias[negatives].double()
+    return features(positives), features(negatives), q, pos_off, neg_off
+
+
 def implicit_fold_in(
     item_factors: torch.Tensor,
     item_bias: torch.Tensor,
@@ -182,29 +220,18 @@ def implicit_fold_in(
     Returns x (k,) and b."""
     k = item_factors.shape[1]
     device = item_factors.device
-    mask = torch.zeros(len(item_factors), dtype=torch.bool, device=device)
-    mask[positives] = True
-    negatives = torch.nonzero(~mask).squeeze(1)
-    q = negative_weights.double()[negatives]
     pairwise = loss != "logistic"
-    keep = len(negatives) if max_negatives is None else max_negatives
-    if pairwise:
-        keep = min(keep, max(1, MAX_PAIRS // len(positives)))
-    if keep < len(negatives):
-        pick = torch.randperm(len(negatives), generator=generator, device=device)[:keep]
-        negatives, q = negatives[pick], q[pick]
-    q = q / q.sum().clamp(min=1e-12)
-    # features [y, 1] and offsets folded in as a fixed extra coordinate: score = f·[x, b, 1]
     with_bias = fit_bias and not pairwise
-
-    def features(index: torch.Tensor) -> torch.Tensor:
-        parts = [item_factors[index].double()]
-        if with_bias:
-            parts.append(torch.ones(len(index), 1, dtype=torch.float64, device=device))
-        return torch.cat(parts, dim=1)
-
-    pos_f, neg_f = features(positives), features(negatives)
-    pos_off, neg_off = item_bias[positives].double(), item_bias[negatives].double()
+    pos_f, neg_f, q, pos_off, neg_off = fold_in_features(
+        item_factors,
+        item_bias,
+        positives,
+        negative_weights,
+        pairwise=pairwise,
+        with_bias=with_bias,
+        generator=generator,
+        max_negatives=max_negatives,
+    )
     objective = _OffsetLoss(
         _ExpectedLoss(
             pos_f,

@@ -14,6 +14,7 @@ from service.ml.device import resolve_device, seeded_generator
 from service.ml.flexmf.config import FlexMFImplicitConfig
 from service.ml.flexmf.cpu_step import CompiledImplicitStep, compiled_step_applies
 from service.ml.flexmf.foldin import implicit_fold_in, one_thread
+from service.ml.flexmf.foldin_grid import implicit_fold_in_grid
 from service.ml.flexmf.implicit_step import batch_scores, row_gradients, score_gradients
 from service.ml.flexmf.losses import logistic_loss, pairwise_loss, warp_loss
 from service.ml.flexmf.model import FlexMFParameters
@@ -102,18 +103,20 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
         return weights.to(self.device)
 
     # ----- fold-in ---------------------------------------------------------------------------
+    def _fold_weights(self) -> torch.Tensor:
+        """The negatives' sampling weights of a fold-in (uniform on a loaded model without them)."""
+        weights = self._negative_weights
+        return torch.ones(self.n_items, device=self.device) if weights is None else weights
+
     def _fold(
         self, items: torch.Tensor, reg: float, max_negatives: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
-        weights = self._negative_weights
-        if weights is None:
-            weights = torch.ones(self.n_items, device=self.device)
         return implicit_fold_in(
             self._tensor("item_factors"),
             self._tensor("item_bias"),
             items,
-            weights,
+            self._fold_weights(),
             loss=config.loss,
             fit_bias=config.selected_user_bias(),
             positive_weight=config.positive_weight,
@@ -122,6 +125,24 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             steps=config.fold_in_steps,
             generator=seeded_generator(config.seed + FOLD_IN_SEED_OFFSET, self.device),
             max_negatives=max_negatives,
+        )
+
+    def _fold_grid(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_fold` of a calibration history at every strength of the grid: x (G, k), b (G,)."""
+        config = self.config
+        return implicit_fold_in_grid(
+            self._tensor("item_factors"),
+            self._tensor("item_bias"),
+            items,
+            self._fold_weights(),
+            loss=config.loss,
+            fit_bias=config.selected_user_bias(),
+            positive_weight=config.positive_weight,
+            negative_count=config.negative_count,
+            regularizations=CALIBRATION_GRID,
+            steps=config.fold_in_steps,
+            seed=config.seed + FOLD_IN_SEED_OFFSET,
+            max_negatives=CALIBRATION_NEGATIVES,
         )
 
     def fold_in(self, items: IndexArray, ratings: ValueArray | None = None) -> UserVector:
@@ -151,9 +172,9 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
                 index = torch.as_tensor(np.unique(u_items), device=self.device)
                 u = torch.as_tensor([int(user)], device=self.device)
                 trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
-                for g, reg in enumerate(CALIBRATION_GRID):
-                    x, b = self._fold(index, reg, CALIBRATION_NEGATIVES)
-                    scores = self.score_user_vector(UserVector(x, float(b), True))
+                xs, bs = self._fold_grid(index)
+                for g in range(len(CALIBRATION_GRID)):
+                    scores = self.score_user_vector(UserVector(xs[g], float(bs[g]), True))
                     overlap[g] += len(trained & set(torch.topk(scores, n).indices.tolist()))
         return float(CALIBRATION_GRID[int(np.argmax(overlap))])
 
