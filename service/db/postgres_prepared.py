@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from service.db.postgres_upsert import (
+    BATCH_ROWS,
     array_literal,
     resolve_items,
     resolve_users,
@@ -73,15 +74,9 @@ _COPY_RATINGS = "COPY ratings (user_id, item_id, rating, event_at, stored_at) FR
 
 # Stored pairs: the guarded upsert (a newer or equal time replaces), inserting a pair again
 # should it have gone; the touch is done once for every changed user afterwards.
-_UPSERT_STORED = """
+_UPSERT_STORED = f"""
     INSERT INTO ratings (user_id, item_id, rating, event_at, stored_at)
-    SELECT b.user_id, b.item_id, b.rating,
-           TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
-    FROM unnest(
-        %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
-        %(times)s::bigint[]
-    ) AS b(user_id, item_id, rating, event_us)
-    ORDER BY b.user_id, b.item_id
+    {BATCH_ROWS}
     ON CONFLICT (user_id, item_id) DO UPDATE
     SET rating = excluded.rating, event_at = excluded.event_at, stored_at = excluded.stored_at
     WHERE excluded.event_at >= ratings.event_at

@@ -167,18 +167,19 @@ UPSERT_AND_TOUCH = """
 
 # One batch's rows, in any order (sorted here, so that row locks are taken in key order), one
 # stored-at time.
-_UPSERT_BATCH = UPSERT_AND_TOUCH.format(
-    ctes="",
-    rows="""
-        SELECT b.user_id, b.item_id, b.rating,
-               TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
-        FROM unnest(
-            %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
-            %(times)s::bigint[]
-        ) AS b(user_id, item_id, rating, event_us)
-        ORDER BY b.user_id, b.item_id
-    """,
-)
+BATCH_ROWS = """
+    SELECT b.user_id, b.item_id, b.rating,
+           TIMESTAMPTZ 'epoch' + b.event_us * INTERVAL '1 microsecond', %(now)s::timestamptz
+    FROM unnest(
+        %(users)s::integer[], %(items)s::integer[], %(ratings)s::double precision[],
+        %(times)s::bigint[]
+    ) AS b(user_id, item_id, rating, event_us)
+    ORDER BY b.user_id, b.item_id
+"""
+"""The rows of array parameters `users`, `items`, `ratings`, `times` (epoch microseconds) with
+stored-at `now`, in key order (so that row locks are taken in that order)."""
+
+_UPSERT_BATCH = UPSERT_AND_TOUCH.format(ctes="", rows=BATCH_ROWS)
 
 
 def write_batch(

@@ -108,41 +108,42 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
         weights = self._negative_weights
         return torch.ones(self.n_items, device=self.device) if weights is None else weights
 
+    def _fold_options(self) -> dict[str, Any]:
+        """The options every fold-in of this model shares (loss, bias, weights, steps)."""
+        config = self.config
+        return {
+            "loss": config.loss,
+            "fit_bias": config.selected_user_bias(),
+            "positive_weight": config.positive_weight,
+            "negative_count": config.negative_count,
+            "steps": config.fold_in_steps,
+        }
+
     def _fold(
         self, items: torch.Tensor, reg: float, max_negatives: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        config = self.config
         return implicit_fold_in(
             self._tensor("item_factors"),
             self._tensor("item_bias"),
             items,
             self._fold_weights(),
-            loss=config.loss,
-            fit_bias=config.selected_user_bias(),
-            positive_weight=config.positive_weight,
-            negative_count=config.negative_count,
             regularization=reg,
-            steps=config.fold_in_steps,
-            generator=seeded_generator(config.seed + FOLD_IN_SEED_OFFSET, self.device),
+            generator=seeded_generator(self.config.seed + FOLD_IN_SEED_OFFSET, self.device),
             max_negatives=max_negatives,
+            **self._fold_options(),
         )
 
     def _fold_grid(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_fold` of a calibration history at every strength of the grid: x (G, k), b (G,)."""
-        config = self.config
         return implicit_fold_in_grid(
             self._tensor("item_factors"),
             self._tensor("item_bias"),
             items,
             self._fold_weights(),
-            loss=config.loss,
-            fit_bias=config.selected_user_bias(),
-            positive_weight=config.positive_weight,
-            negative_count=config.negative_count,
             regularizations=CALIBRATION_GRID,
-            steps=config.fold_in_steps,
-            seed=config.seed + FOLD_IN_SEED_OFFSET,
+            seed=self.config.seed + FOLD_IN_SEED_OFFSET,
             max_negatives=CALIBRATION_NEGATIVES,
+            **self._fold_options(),
         )
 
     def fold_in(self, items: IndexArray, ratings: ValueArray | None = None) -> UserVector:
