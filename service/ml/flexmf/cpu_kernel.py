@@ -129,10 +129,11 @@ def _contains(indices: Any, start: int, end: int, value: int) -> bool:
 
 
 @numba.njit(cache=CACHE, nogil=True)
-def positives_among(users: Any, candidates: Any, indptr: Any, indices: Any, found: Any) -> None:
-    """found[b, j]: whether candidates[b, j] is among the items of users[b] (`indptr`,
-    `indices`: ascending per user)."""
+def mark_positives(users: Any, candidates: Any, indptr: Any, indices: Any, pending: Any) -> int:
+    """Where pending[b, j] is set, replace it by whether candidates[b, j] is among the items
+    of users[b] (`indptr`, `indices`: ascending per user); returns how many are."""
     n = candidates.shape[0]
+    found = 0
     for b in range(n):
         if b + 8 < n:  # rows are read at random: their bounds first, then their middles
             _prefetch(indptr, users[b + 8])
@@ -140,7 +141,11 @@ def positives_among(users: Any, candidates: Any, indptr: Any, indices: Any, foun
             _prefetch(indices, (indptr[ahead] + indptr[ahead + 1]) >> 1)
         user = users[b]
         for j in range(candidates.shape[1]):
-            found[b, j] = _contains(indices, indptr[user], indptr[user + 1], candidates[b, j])
+            if pending[b, j]:
+                hit = _contains(indices, indptr[user], indptr[user + 1], candidates[b, j])
+                pending[b, j] = hit
+                found += hit
+    return found
 
 
 @numba.njit(cache=CACHE, nogil=True, fastmath=True, error_model="numpy")

@@ -90,15 +90,15 @@ class CompiledImplicitStep:
         losses: list[float] = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            users = self.users[part]
+            users = self.users[part].numpy()
             items = np.empty((len(part), 1 + config.negative_count), dtype=np.int64)
             items[:, 0] = self.items[part].numpy()
             # the torch path's draws, batch by batch: the same negatives for the same seed
             for first in range(0, len(part), batch):
-                batch_users = users[first : first + batch]
-                negatives = self.sampler.sample(batch_users, config.negative_count)
-                items[first : first + batch, 1:] = negatives.numpy()
-            losses.extend(self.train_on(users.numpy(), items, lr))
+                items[first : first + batch, 1:] = self.sampler.sample_array(
+                    users[first : first + batch], config.negative_count
+                )
+            losses.extend(self.train_on(users, items, lr))
         self.write_back()
         return losses
 

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from service.ml.base import ProgressCallback, UserVector
@@ -165,18 +167,26 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             return 1.0
         rng = np.random.default_rng(self.config.seed)
         sample = rng.choice(candidates, size=min(CALIBRATION_USERS, len(candidates)), replace=False)
-        overlap = np.zeros(len(CALIBRATION_GRID))
         n = min(10, self.n_items)
-        with one_thread():  # small products: a second thread would only add barriers
-            for user in sample:
-                u_items, _ = csr.row(int(user))
-                index = torch.as_tensor(np.unique(u_items), device=self.device)
-                u = torch.as_tensor([int(user)], device=self.device)
-                trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
-                xs, bs = self._fold_grid(index)
-                for g in range(len(CALIBRATION_GRID)):
-                    scores = self.score_user_vector(UserVector(xs[g], float(bs[g]), True))
-                    overlap[g] += len(trained & set(torch.topk(scores, n).indices.tolist()))
+
+        def overlaps(user: int) -> npt.NDArray[np.int64]:
+            """Shared top-n items of the user's trained and folded-in vectors, per strength."""
+            u_items, _ = csr.row(user)
+            index = torch.as_tensor(np.unique(u_items), device=self.device)
+            u = torch.as_tensor([user], device=self.device)
+            trained = set(torch.topk(self.score_users(u)[0], n).indices.tolist())
+            xs, bs = self._fold_grid(index)
+            shared = np.zeros(len(CALIBRATION_GRID), dtype=np.int64)
+            for g in range(len(CALIBRATION_GRID)):
+                scores = self.score_user_vector(UserVector(xs[g], float(bs[g]), True))
+                shared[g] = len(trained & set(torch.topk(scores, n).indices.tolist()))
+            return shared
+
+        # users on parallel Python threads, each product on one torch thread (small products:
+        # a second intra-op thread would only add barriers); the same sums in any order
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        with one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+            overlap = sum(pool.map(overlaps, (int(user) for user in sample)))
         return float(CALIBRATION_GRID[int(np.argmax(overlap))])
 
     def extra_metadata(self) -> dict[str, Any]:

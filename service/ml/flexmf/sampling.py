@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from service.ml.data import CSR
@@ -19,6 +20,7 @@ MAX_BITMAP_BYTES = 64 << 20
 """Largest bit set of (user, item) pairs for positive checks; beyond it a sorted key search."""
 MISRANK_CHUNK = 16
 """Candidates the misranked sampler scores per row in one vectorised step."""
+BoolArray = npt.NDArray[np.bool_]
 
 
 def rank_weight(n_items: int, draws: torch.Tensor) -> torch.Tensor:
@@ -101,13 +103,8 @@ class NegativeSampler:
     def is_positive(self, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Whether each candidate (B, c) is among its user's (B,) training items."""
         if self.user_items is not None:
-            from service.ml.flexmf import cpu_kernel  # compiled on first use, CPU only
-
-            found = np.empty(tuple(candidates.shape), dtype=np.bool_)
-            csr = self.user_items
-            cpu_kernel.positives_among(
-                users.numpy(), candidates.numpy(), csr.indptr, csr.indices, found
-            )
+            found = np.ones(tuple(candidates.shape), dtype=np.bool_)
+            self._mark_positives(users.numpy(), candidates.numpy(), found)
             return torch.from_numpy(found)
         query = users.unsqueeze(1) * self.n_items + candidates
         if self.bitmap is not None:
@@ -118,8 +115,32 @@ class NegativeSampler:
         pos = torch.searchsorted(self.keys, query).clamp(max=len(self.keys) - 1)
         return self.keys[pos] == query
 
+    def _mark_positives(
+        self, users: npt.NDArray[np.int64], candidates: npt.NDArray[np.int64], pending: BoolArray
+    ) -> int:
+        """Compiled lookup in `user_items`: pending[b, j] becomes whether candidates[b, j] is
+        a positive of users[b] where it was set; returns how many are."""
+        from service.ml.flexmf import cpu_kernel  # compiled on first use, CPU only
+
+        csr = self.user_items
+        assert csr is not None
+        return int(cpu_kernel.mark_positives(users, candidates, csr.indptr, csr.indices, pending))
+
+    def sample_array(self, users: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
+        """`sample` on the CPU with `user_items`: the same draws and negatives, as an array."""
+        candidates: npt.NDArray[np.int64] = self._draw((len(users), count)).numpy()
+        pending = np.ones(candidates.shape, dtype=np.bool_)
+        for _ in range(REDRAW_ROUNDS):
+            # only the entries redrawn last round can have become positives
+            if not self._mark_positives(users, candidates, pending):
+                break
+            np.copyto(candidates, self._draw(candidates.shape).numpy(), where=pending)
+        return candidates
+
     def sample(self, users: torch.Tensor, count: int) -> torch.Tensor:
         """`count` negatives (B, count) per user by the uniform or popular strategy."""
+        if self.user_items is not None:
+            return torch.from_numpy(self.sample_array(users.numpy(), count))
         candidates = self._draw((len(users), count))
         if self.keys is None and self.bitmap is None and self.user_items is None:
             return candidates
