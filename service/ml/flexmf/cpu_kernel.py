@@ -129,11 +129,36 @@ def _contains(indices: Any, start: int, end: int, value: int) -> bool:
 
 
 @numba.njit(cache=CACHE, nogil=True)
-def mark_positives(users: Any, candidates: Any, indptr: Any, indices: Any, pending: Any) -> int:
+def positive_bits(indptr: Any, indices: Any, n_items: int, bits: Any) -> None:
+    """Set bit u * n_items + i of `bits` (uint64 words, zero before) for each item i of each
+    user u (`indptr`, `indices`)."""
+    one = np.uint64(1)
+    for user in range(indptr.shape[0] - 1):
+        base = user * n_items
+        for t in range(indptr[user], indptr[user + 1]):
+            key = base + indices[t]
+            bits[key >> 6] |= one << np.uint64(key & 63)
+
+
+@numba.njit(cache=CACHE, nogil=True)
+def mark_positives(
+    users: Any, candidates: Any, indptr: Any, indices: Any, bits: Any, n_items: int, pending: Any
+) -> int:
     """Where pending[b, j] is set, replace it by whether candidates[b, j] is among the items
-    of users[b] (`indptr`, `indices`: ascending per user); returns how many are."""
+    of users[b]: by the bit set of `positive_bits` unless it is empty, else by a binary search
+    in `indices` (ascending per user); returns how many are."""
     n = candidates.shape[0]
     found = 0
+    if bits.shape[0]:
+        for b in range(n):
+            base = users[b] * n_items
+            for j in range(candidates.shape[1]):
+                if pending[b, j]:
+                    key = base + candidates[b, j]
+                    hit = (bits[key >> 6] >> np.uint64(key & 63)) & np.uint64(1) != 0
+                    pending[b, j] = hit
+                    found += hit
+        return found
     for b in range(n):
         if b + 8 < n:  # rows are read at random: their bounds first, then their middles
             _prefetch(indptr, users[b + 8])

@@ -68,7 +68,7 @@ class CompiledImplicitStep:
 
         self.kernel = cpu_kernel
         self.model, self.config, self.sampler = model, config, sampler
-        self.users, self.items = users, items
+        self.user_array, self.item_array = users.numpy(), items.numpy()
         self.betas, self.eps = optimizer.betas, optimizer.eps
         self.user_state = _with_moments(model.user_table)
         self.item_state = _with_moments(model.item_table)
@@ -89,10 +89,10 @@ class CompiledImplicitStep:
         chunk = batch * max(1, CHUNK_ROWS // batch)
         losses: list[float] = []
         for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            users = self.users[part].numpy()
+            part = rows[start : start + chunk].numpy()
+            users = self.user_array.take(part)
             items = np.empty((len(part), 1 + config.negative_count), dtype=np.int64)
-            items[:, 0] = self.items[part].numpy()
+            items[:, 0] = self.item_array.take(part)
             # the torch path's draws, batch by batch: the same negatives for the same seed
             for first in range(0, len(part), batch):
                 items[first : first + batch, 1:] = self.sampler.sample_array(

@@ -68,7 +68,8 @@ class NegativeSampler:
         user_items: CSR | None = None,
     ) -> None:
         """With `user_items` (the users' items, ascending per user) on the CPU, positives are
-        looked up there by a compiled search instead of a bit set or sorted keys built here."""
+        looked up by compiled code: in a bit set of (user, item) pairs built from them where it
+        fits, else by a search in them (instead of the torch bit set or sorted keys)."""
         self.n_items = n_items
         self.strategy = strategy
         self.generator = generator
@@ -77,6 +78,14 @@ class NegativeSampler:
         self.keys: torch.Tensor | None = None
         self.bitmap: torch.Tensor | None = None
         self.user_items = user_items if exclude_positives else None
+        self.user_bits = np.zeros(0, dtype=np.uint64)
+        """The compiled lookup's bit set of (user, item) pairs where it fits (else empty)."""
+        csr = self.user_items
+        if csr is not None and csr.n_rows * n_items // 64 + 1 <= MAX_BITMAP_BYTES // 8:
+            from service.ml.flexmf import cpu_kernel  # compiled on first use, CPU only
+
+            self.user_bits = np.zeros(csr.n_rows * n_items // 64 + 1, dtype=np.uint64)
+            cpu_kernel.positive_bits(csr.indptr, csr.indices, n_items, self.user_bits)
         if exclude_positives and user_items is None:
             keys = users * n_items + items
             n_words = (int(users.max()) + 1) * n_items // 64 + 1 if len(users) else 1
@@ -124,10 +133,16 @@ class NegativeSampler:
 
         csr = self.user_items
         assert csr is not None
-        return int(cpu_kernel.mark_positives(users, candidates, csr.indptr, csr.indices, pending))
+        return int(
+            cpu_kernel.mark_positives(
+                users, candidates, csr.indptr, csr.indices, self.user_bits, self.n_items, pending
+            )
+        )
 
     def sample_array(self, users: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
-        """`sample` on the CPU with `user_items`: the same draws and negatives, as an array."""
+        """`sample` of users (B,) given as an array on the CPU: the same draws and negatives."""
+        if self.user_items is None:
+            return self.sample(torch.from_numpy(users), count).numpy()
         candidates: npt.NDArray[np.int64] = self._draw((len(users), count)).numpy()
         pending = np.ones(candidates.shape, dtype=np.bool_)
         for _ in range(REDRAW_ROUNDS):
