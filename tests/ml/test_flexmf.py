@@ -325,6 +325,25 @@ def test_implicit_fold_in_reproduces_trained_top10(loss: str) -> None:
     assert torch.equal(first.embedding, again.embedding)
 
 
+def test_fold_in_calibration_is_the_same_on_one_thread() -> None:
+    data = implicit_data()
+    config = FlexMFImplicitConfig.model_validate({"embedding_size": 8, "epochs": 3})
+    model = FlexMFImplicit(config)
+    model.fit(data)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the calibration's users one after another
+        one = model._calibration_overlaps(data)
+        torch.set_num_threads(3)  # on three Python threads
+        many = model._calibration_overlaps(data)
+    finally:
+        torch.set_num_threads(threads)
+    assert one is not None
+    assert many is not None
+    assert one.tolist() == many.tolist()
+    assert int(one.sum()) > 0
+
+
 # ----- acceptance on MovieLens 100K -------------------------------------------------------------
 def _ml100k() -> Interactions:
     from service.tools.datasets import load_ml100k

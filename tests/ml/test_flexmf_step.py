@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from service.ml.data import Interactions, Vocabulary
+from service.ml.flexmf import sampling
 from service.ml.flexmf.config import FlexMFImplicitConfig
 from service.ml.flexmf.implicit import _ImplicitTrainer
 from service.ml.flexmf.model import FlexMFParameters
@@ -162,8 +163,11 @@ def test_compiled_step_is_the_same_on_one_thread() -> None:
         assert torch.equal(getattr(one.model, name), getattr(many.model, name))
 
 
+@pytest.mark.parametrize("lookup", ["bits", "search"])
 @pytest.mark.parametrize("strategy", ["uniform", "popular"])
-def test_compiled_positive_lookup_draws_what_the_bit_set_draws(strategy: Any) -> None:
+def test_compiled_positive_lookup_draws_what_the_bit_set_draws(
+    strategy: Any, lookup: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _data()
     users, items = torch.as_tensor(data.users), torch.as_tensor(data.items)
 
@@ -173,9 +177,13 @@ def test_compiled_positive_lookup_draws_what_the_bit_set_draws(strategy: Any) ->
             users, items, data.n_items, strategy, generator, user_items=user_items
         )
 
-    compiled, bit_set = sampler(data.user_csr()), sampler(None)
+    bit_set = sampler(None)
+    if lookup == "search":  # no room for the compiled bit set: the search in the users' rows
+        monkeypatch.setattr(sampling, "MAX_BITMAP_BYTES", 0)
+    compiled = sampler(data.user_csr())
     assert compiled.bitmap is None
     assert bit_set.bitmap is not None
+    assert (len(compiled.user_bits) > 0) == (lookup == "bits")
     batch = users[torch.randperm(len(users), generator=torch.Generator().manual_seed(1))]
     for _ in range(3):
         assert torch.equal(compiled.sample(batch, 3), bit_set.sample(batch, 3))
@@ -183,6 +191,11 @@ def test_compiled_positive_lookup_draws_what_the_bit_set_draws(strategy: Any) ->
     assert torch.equal(
         compiled.is_positive(batch, candidates), bit_set.is_positive(batch, candidates)
     )
+    # the compiled step's entry point: the same draws again, as arrays
+    again, torch_again = sampler(data.user_csr()), sampler(None)
+    for _ in range(3):
+        drawn = again.sample_array(batch.numpy(), 2)
+        assert np.array_equal(drawn, torch_again.sample(batch, 2).numpy())
 
 
 def test_torch_path_kept_for_misranked_sampling() -> None:

@@ -83,7 +83,7 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
             config.selected_negative_strategy(),
             generator,
             exclude_positives=config.exclude_positives,
-            # on the CPU, positives looked up in the users' rows by a compiled search
+            # on the CPU, positives looked up by compiled code (a bit set, or the users' rows)
             user_items=data.user_csr() if compiled else None,
         )
         trainer = _ImplicitTrainer(params, config, users, items, sampler, generator)
@@ -161,10 +161,16 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
 
     def _calibrate_fold_in(self, data: Interactions) -> float:
         """The fold-in strength whose fold-ins best reproduce trained users' top-10 lists."""
+        overlap = self._calibration_overlaps(data)
+        return 1.0 if overlap is None else float(CALIBRATION_GRID[int(np.argmax(overlap))])
+
+    def _calibration_overlaps(self, data: Interactions) -> npt.NDArray[np.int64] | None:
+        """Per strength of the grid, the top-10 items that the fold-ins of a seeded sample of
+        trained users share with their trained vectors (None without users to sample)."""
         csr = data.user_csr()
         candidates = np.flatnonzero(csr.counts() >= 5)
         if len(candidates) == 0:
-            return 1.0
+            return None
         rng = np.random.default_rng(self.config.seed)
         sample = rng.choice(candidates, size=min(CALIBRATION_USERS, len(candidates)), replace=False)
         n = min(10, self.n_items)
@@ -186,8 +192,9 @@ class FlexMFImplicit(FlexMFScorer[FlexMFImplicitConfig]):
         # a second intra-op thread would only add barriers); the same sums in any order
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
         with one_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
-            overlap = sum(pool.map(overlaps, (int(user) for user in sample)))
-        return float(CALIBRATION_GRID[int(np.argmax(overlap))])
+            per_user = list(pool.map(overlaps, (int(user) for user in sample)))
+        total: npt.NDArray[np.int64] = np.stack(per_user).sum(axis=0)
+        return total
 
     def extra_metadata(self) -> dict[str, Any]:
         """Fold-in strength and negative sampling weights' kind."""
