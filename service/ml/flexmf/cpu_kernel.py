@@ -160,8 +160,11 @@ def mark_positives(
                     found += hit
         return found
     for b in range(n):
-        if b + 8 < n:  # rows are read at random: their bounds first, then their middles
+        # rows are read at random: their bounds first, then their middles (of pending rows
+        # only: after the first round, few are)
+        if b + 8 < n and _any_set(pending, b + 8):
             _prefetch(indptr, users[b + 8])
+        if b + 4 < n and _any_set(pending, b + 4):
             ahead = users[b + 4]
             _prefetch(indices, (indptr[ahead] + indptr[ahead + 1]) >> 1)
         user = users[b]
@@ -171,6 +174,15 @@ def mark_positives(
                 pending[b, j] = hit
                 found += hit
     return found
+
+
+@numba.njit(cache=CACHE, nogil=True)
+def _any_set(flags: Any, row: int) -> bool:
+    """Whether any of flags[row, :] is set."""
+    for j in range(flags.shape[1]):  # noqa: SIM110 (a loop: numba compiles no generator here)
+        if flags[row, j]:
+            return True
+    return False
 
 
 @numba.njit(cache=CACHE, nogil=True, fastmath=True, error_model="numpy")
