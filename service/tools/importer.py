@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -143,59 +143,68 @@ _READ_AHEAD = 2
 """Chunks read and validated ahead of the one being stored."""
 
 
-def _checked_chunks(
-    path: Path,
-    layout: FileLayout,
-    settings: Settings,
-    batch_size: int,
-    dialect: str,
-    *,
-    skip_invalid: bool,
-) -> Generator[_CheckedChunk]:
-    """Read, validate and prepare chunks in a thread, ahead of the caller storing them.
+class _CheckedChunks:
+    """Chunks read, validated and prepared in a thread from construction on, ahead of the
+    caller storing them; `close` stops the thread.
 
     Reading, validating and encoding is the importer's own CPU work; storing mostly waits
     for the database. Overlapping the two keeps both the importer and the database busy.
     """
-    handoff: queue.Queue[_CheckedChunk | BaseException | None] = queue.Queue(_READ_AHEAD)
-    stop = threading.Event()
 
-    def hand(item: _CheckedChunk | BaseException | None) -> bool:
-        while not stop.is_set():
+    def __init__(
+        self,
+        path: Path,
+        layout: FileLayout,
+        settings: Settings,
+        batch_size: int,
+        dialect: str,
+        *,
+        skip_invalid: bool,
+    ) -> None:
+        self._handoff: queue.Queue[_CheckedChunk | BaseException | None] = queue.Queue(_READ_AHEAD)
+        self._stop = threading.Event()
+
+        def read() -> None:
             try:
-                handoff.put(item, timeout=0.1)
+                for chunk in read_chunks(path, layout, batch_size):
+                    now = datetime.now(UTC)
+                    rows = plain_rows(chunk, settings, now) if dialect == "postgresql" else None
+                    if rows is not None:
+                        checked = _CheckedChunk(chunk, rows, [], now)
+                    else:
+                        batch, errors = validate_chunk(
+                            chunk, settings, now, skip_invalid=skip_invalid
+                        )
+                        prepare_batch(batch, dialect)
+                        checked = _CheckedChunk(chunk, batch, errors, now)
+                    if not self._hand(checked):
+                        return
+                self._hand(None)
+            except BaseException as exc:  # handed to the caller, raised there
+                self._hand(exc)
+
+        self._reader = threading.Thread(target=read, name="mfserve-import-reader", daemon=True)
+        self._reader.start()
+
+    def _hand(self, item: _CheckedChunk | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._handoff.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def read() -> None:
-        try:
-            for chunk in read_chunks(path, layout, batch_size):
-                now = datetime.now(UTC)
-                rows = plain_rows(chunk, settings, now) if dialect == "postgresql" else None
-                if rows is not None:
-                    checked = _CheckedChunk(chunk, rows, [], now)
-                else:
-                    batch, errors = validate_chunk(chunk, settings, now, skip_invalid=skip_invalid)
-                    prepare_batch(batch, dialect)
-                    checked = _CheckedChunk(chunk, batch, errors, now)
-                if not hand(checked):
-                    return
-            hand(None)
-        except BaseException as exc:  # handed to the caller, raised there
-            hand(exc)
-
-    reader = threading.Thread(target=read, name="mfserve-import-reader", daemon=True)
-    reader.start()
-    try:
-        while (item := handoff.get()) is not None:
+    def __iter__(self) -> Iterator[_CheckedChunk]:
+        while (item := self._handoff.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()
-        reader.join()
+
+    def close(self) -> None:
+        """Stop the reading thread (at once, if the caller stops early) and wait for it."""
+        self._stop.set()
+        self._reader.join()
 
 
 class _NoProgress:
@@ -263,16 +272,13 @@ def import_file(
     started = time.perf_counter()
     engine = create_db_engine(settings.database_url, **_engine_options(settings.database_url))
     try:
-        check_schema(engine)
-        sessions = make_sessionmaker(engine, write=True)
         total = count_lines(path) - (1 if layout.header else 0) if progress else 0
-        checked = _checked_chunks(
+        checked = _CheckedChunks(
             path, layout, settings, batch_size, engine.dialect.name, skip_invalid=skip_invalid
         )
-        with (
-            closing(checked),
-            _progress_bar(total, enabled=progress) as bar,
-        ):
+        with closing(checked), _progress_bar(total, enabled=progress) as bar:
+            check_schema(engine)  # while the first chunk is being read
+            sessions = make_sessionmaker(engine, write=True)
             for item in checked:
                 chunk, batch, errors, now = item.chunk, item.batch, item.errors, item.now
                 if errors and not skip_invalid:
