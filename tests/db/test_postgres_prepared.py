@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from service.db import queries
 from service.db.session import make_sessionmaker, transaction
@@ -112,5 +112,49 @@ def test_prepared_writes_and_user_deletions_leave_no_orphans(engine: Engine) -> 
     for thread in threads:
         thread.join()
     assert errors == []
+    with engine.connect() as connection:
+        assert connection.execute(ORPHANS).scalar_one() == 0
+
+
+def test_users_and_items_created_meanwhile_are_asked_for_again(engine: Engine) -> None:
+    """A user and an item another transaction creates while the batch's statement runs are
+    missing from its result; they are found (and the user locked) by asking again."""
+    with engine.connect() as other:
+        other.execute(
+            text(
+                "INSERT INTO users (external_id, created_at, history_changed_at,"
+                " history_version) VALUES ('late', now(), now(), 0)"
+            )
+        )
+        other.execute(
+            text(
+                "INSERT INTO items (external_id, tags, attributes, created_at, updated_at)"
+                " VALUES ('late item', '[]', '{}', now(), now())"
+            )
+        )
+        results: list[UpsertCounts] = []
+        rows = batch(("late", "late item", 4.0, 10), ("early", "late item", 3.0, 10))
+
+        def write() -> None:
+            results.append(store(engine, rows))
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        with engine.connect() as watcher:  # the batch waits for the uncommitted rows
+            for _ in range(500):
+                if watcher.execute(waiting).scalar_one():
+                    break
+                threading.Event().wait(0.01)
+            else:
+                pytest.fail("the batch never waited for the other transaction")
+        other.commit()
+        writer.join()
+    assert results == [UpsertCounts(2, 0, 0)]
+    assert set(stored(engine)) == {("late", "late item"), ("early", "late item")}
+    assert history(engine, "late") == 1
     with engine.connect() as connection:
         assert connection.execute(ORPHANS).scalar_one() == 0
