@@ -9,10 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from service.db import queries
 from service.db.session import make_sessionmaker, transaction
 from service.db.upsert import RatingBatch, UpsertCounts, prepare_batch, upsert_ratings
-from tests.db.test_rating_integrity import ORPHANS
+from tests.db.test_rating_integrity import ORPHANS, race_writes_against_user_deletions
 from tests.db.test_upsert import T0, batch, history, stored
 
 
@@ -78,42 +77,7 @@ def test_prepared_ids_round_trip(engine: Engine) -> None:
 
 
 def test_prepared_writes_and_user_deletions_leave_no_orphans(engine: Engine) -> None:
-    sessions = make_sessionmaker(engine, write=True)
-    names = [f"u{n}" for n in range(8)]
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            for round_ in range(40):
-                rating = float(1 + round_ % 4)
-                rows = batch(*[(user, f"i{n}", rating, round_) for user in names for n in range(5)])
-                prepare_batch(rows, "postgresql")
-                with transaction(sessions) as session:
-                    upsert_ratings(session, rows, now=T0)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            stop.set()
-
-    def delete() -> None:
-        try:
-            n = 0
-            while not stop.is_set():
-                with transaction(sessions) as session:
-                    queries.delete_user(session, names[n % len(names)])
-                n += 1
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write), threading.Thread(target=delete)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    with engine.connect() as connection:
-        assert connection.execute(ORPHANS).scalar_one() == 0
+    race_writes_against_user_deletions(engine, rounds=40, prepared=True)
 
 
 def test_users_and_items_created_meanwhile_are_asked_for_again(engine: Engine) -> None:
