@@ -39,21 +39,41 @@ def prepare_batch(batch: RatingBatch, dialect: str) -> None:
     SQLite its winning rows and stored time keys are found here instead of in the writer.
     """
     if dialect == "postgresql" and len(batch):
-        rows = winning_rows(batch)
-        winners = batch
-        if len(rows) < len(batch):
-            winners = RatingBatch(
-                [batch.users[i] for i in rows],
-                [batch.items[i] for i in rows],
-                [batch.ratings[i] for i in rows],
-                [batch.event_times[i] for i in rows],
-            )
-        batch.prepared = postgres_prepared.prepare_rows(
-            winners.users, winners.items, winners.ratings, winners.event_times
-        )
+        event_us = list(map(postgres_prepared.unix_us, batch.event_times))
+        batch.prepared = prepare_columns(batch.users, batch.items, batch.ratings, event_us)
     elif dialect == "sqlite" and len(batch):
         batch.winners = winning_rows(batch)
         batch.time_keys = [sqlite_upsert.time_key(time) for time in batch.event_times]
+
+
+def prepare_columns(
+    users: list[str], items: list[str], ratings: list[float | None], event_us: list[int]
+) -> postgres_prepared.PreparedRows:
+    """Valid rows as parallel columns (event times in Unix epoch microseconds) made ready for
+    PostgreSQL's prepared path (`upsert_prepared`), in any thread."""
+    rows = winners(users, items, event_us)
+    if len(rows) < len(users):
+        return postgres_prepared.prepare_rows(
+            len(users),
+            [users[i] for i in rows],
+            [items[i] for i in rows],
+            [ratings[i] for i in rows],
+            [event_us[i] for i in rows],
+        )
+    return postgres_prepared.prepare_rows(len(users), users, items, ratings, event_us)
+
+
+def upsert_prepared(
+    session: Session, rows: postgres_prepared.PreparedRows, *, now: datetime
+) -> UpsertCounts:
+    """Store `prepare_columns`' rows in the session's (write) transaction, as `upsert_ratings`
+    would store the batch they came from (PostgreSQL)."""
+    cursor = _driver_cursor(session.connection())
+    try:
+        inserted, updated = postgres_prepared.write_prepared(cursor, rows, now)
+    finally:
+        cursor.close()
+    return UpsertCounts(inserted, updated, len(rows) - inserted - updated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +196,17 @@ def _driver_cursor(connection: Connection) -> Any:
 
 def winning_rows(batch: RatingBatch) -> list[int]:
     """Indices of the rows that win within the batch: newest time, ties to the later row."""
-    if len(batch) == 1:
+    return winners(batch.users, batch.items, batch.event_times)
+
+
+def winners(users: list[str], items: list[str], times: Sequence[Any]) -> list[int]:
+    """Indices of the winning rows of parallel columns: newest time, ties to the later row."""
+    if len(users) == 1:
         return [0]
-    if len(set(zip(batch.users, batch.items, strict=True))) == len(batch):
-        return list(range(len(batch)))  # no pair twice: every row wins
+    if len(set(zip(users, items, strict=True))) == len(users):
+        return list(range(len(users)))  # no pair twice: every row wins
     best: dict[tuple[str, str], int] = {}
-    times = batch.event_times
-    for index, key in enumerate(zip(batch.users, batch.items, strict=True)):
+    for index, key in enumerate(zip(users, items, strict=True)):
         current = best.get(key)
         if current is None or times[index] >= times[current]:
             best[key] = index

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
+from operator import mul
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from service.config import Settings
 from service.db.migrations import SchemaNotCurrentError, check_schema
+from service.db.postgres_prepared import PreparedRows
 from service.db.session import (
     create_db_engine,
     make_sessionmaker,
@@ -25,8 +29,21 @@ from service.db.session import (
     refresh_statistics,
     transaction,
 )
-from service.db.upsert import RatingBatch, UpsertCounts, prepare_batch, upsert_ratings
-from service.domain.ingest import InvalidRatingsError, RatingRules, RowError, validate_columns
+from service.db.upsert import (
+    RatingBatch,
+    UpsertCounts,
+    prepare_batch,
+    prepare_columns,
+    upsert_prepared,
+    upsert_ratings,
+)
+from service.domain.ingest import (
+    InvalidRatingsError,
+    RatingRules,
+    RowError,
+    check_external_id,
+    validate_columns,
+)
 from service.tools.ratings_file import (
     CsvColumns,
     FileLayout,
@@ -79,12 +96,45 @@ def validate_chunk(
         return validate_columns(users, items, ratings, timestamps, rules, now=now), errors
 
 
+def plain_rows(chunk: RawChunk, settings: Settings, now: datetime) -> PreparedRows | None:
+    """A chunk made ready for PostgreSQL's prepared path when every row of it is valid and
+    plain (epoch-second timestamps), else None (then `validate_chunk` names the problems).
+
+    What `validate_chunk` would accept, checked column by column and with each distinct id
+    once; event times stay integers instead of becoming datetimes.
+    """
+    users, items = cast(list[str], chunk.users), cast(list[str], chunk.items)
+    if chunk.errors or not users:
+        return None
+    seconds = cast(list[int], chunk.timestamps)
+    if set(map(type, seconds)) != {int}:
+        return None
+    rules = RatingRules.from_settings(settings, now)
+    if min(seconds) < 0 or max(seconds) > rules.latest.timestamp():
+        return None
+    ratings = cast(list[float | None], chunk.ratings)  # floats or None, as read
+    values = [value for value in ratings if value is not None] if None in ratings else ratings
+    if values and (
+        any(map(math.isnan, cast(list[float], values)))
+        or min(cast(list[float], values)) < rules.rating_min
+        or max(cast(list[float], values)) > rules.rating_max
+    ):
+        return None
+    names = set(users)
+    names.update(items)
+    if any(map(check_external_id, names)):
+        return None
+    event_us = list(map(mul, seconds, repeat(1_000_000)))
+    return prepare_columns(users, items, ratings, event_us)
+
+
 @dataclass
 class _CheckedChunk:
     """A chunk as read and validated, ready to store (or to report)."""
 
     chunk: RawChunk
-    batch: RatingBatch
+    batch: RatingBatch | PreparedRows
+    """The chunk's valid rows, as validated or made ready for PostgreSQL."""
     errors: list[RowError]
     now: datetime
 
@@ -93,54 +143,68 @@ _READ_AHEAD = 2
 """Chunks read and validated ahead of the one being stored."""
 
 
-def _checked_chunks(
-    path: Path,
-    layout: FileLayout,
-    settings: Settings,
-    batch_size: int,
-    dialect: str,
-    *,
-    skip_invalid: bool,
-) -> Generator[_CheckedChunk]:
-    """Read, validate and prepare chunks in a thread, ahead of the caller storing them.
+class _CheckedChunks:
+    """Chunks read, validated and prepared in a thread from construction on, ahead of the
+    caller storing them; `close` stops the thread.
 
     Reading, validating and encoding is the importer's own CPU work; storing mostly waits
     for the database. Overlapping the two keeps both the importer and the database busy.
     """
-    handoff: queue.Queue[_CheckedChunk | BaseException | None] = queue.Queue(_READ_AHEAD)
-    stop = threading.Event()
 
-    def hand(item: _CheckedChunk | BaseException | None) -> bool:
-        while not stop.is_set():
+    def __init__(
+        self,
+        path: Path,
+        layout: FileLayout,
+        settings: Settings,
+        batch_size: int,
+        dialect: str,
+        *,
+        skip_invalid: bool,
+    ) -> None:
+        self._handoff: queue.Queue[_CheckedChunk | BaseException | None] = queue.Queue(_READ_AHEAD)
+        self._stop = threading.Event()
+
+        def read() -> None:
             try:
-                handoff.put(item, timeout=0.1)
+                for chunk in read_chunks(path, layout, batch_size):
+                    now = datetime.now(UTC)
+                    rows = plain_rows(chunk, settings, now) if dialect == "postgresql" else None
+                    if rows is not None:
+                        checked = _CheckedChunk(chunk, rows, [], now)
+                    else:
+                        batch, errors = validate_chunk(
+                            chunk, settings, now, skip_invalid=skip_invalid
+                        )
+                        prepare_batch(batch, dialect)
+                        checked = _CheckedChunk(chunk, batch, errors, now)
+                    if not self._hand(checked):
+                        return
+                self._hand(None)
+            except BaseException as exc:  # handed to the caller, raised there
+                self._hand(exc)
+
+        self._reader = threading.Thread(target=read, name="mfserve-import-reader", daemon=True)
+        self._reader.start()
+
+    def _hand(self, item: _CheckedChunk | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._handoff.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def read() -> None:
-        try:
-            for chunk in read_chunks(path, layout, batch_size):
-                now = datetime.now(UTC)
-                batch, errors = validate_chunk(chunk, settings, now, skip_invalid=skip_invalid)
-                prepare_batch(batch, dialect)
-                if not hand(_CheckedChunk(chunk, batch, errors, now)):
-                    return
-            hand(None)
-        except BaseException as exc:  # handed to the caller, raised there
-            hand(exc)
-
-    reader = threading.Thread(target=read, name="mfserve-import-reader", daemon=True)
-    reader.start()
-    try:
-        while (item := handoff.get()) is not None:
+    def __iter__(self) -> Iterator[_CheckedChunk]:
+        while (item := self._handoff.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()
-        reader.join()
+
+    def close(self) -> None:
+        """Stop the reading thread (at once, if the caller stops early) and wait for it."""
+        self._stop.set()
+        self._reader.join()
 
 
 class _NoProgress:
@@ -174,7 +238,8 @@ def _engine_options(url: str) -> dict[str, Any]:
     """
     if make_url(normalize_database_url(url)).get_backend_name() != "postgresql":
         return {}
-    return {"connect_args": {"options": "-c synchronous_commit=off"}}
+    # One connection does every batch in turn: no liveness ping before each one.
+    return {"connect_args": {"options": "-c synchronous_commit=off"}, "pool_pre_ping": False}
 
 
 def _make_durable(engine: Engine) -> None:
@@ -207,16 +272,13 @@ def import_file(
     started = time.perf_counter()
     engine = create_db_engine(settings.database_url, **_engine_options(settings.database_url))
     try:
-        check_schema(engine)
-        sessions = make_sessionmaker(engine, write=True)
         total = count_lines(path) - (1 if layout.header else 0) if progress else 0
-        checked = _checked_chunks(
+        checked = _CheckedChunks(
             path, layout, settings, batch_size, engine.dialect.name, skip_invalid=skip_invalid
         )
-        with (
-            closing(checked),
-            _progress_bar(total, enabled=progress) as bar,
-        ):
+        with closing(checked), _progress_bar(total, enabled=progress) as bar:
+            check_schema(engine)  # while the first chunk is being read
+            sessions = make_sessionmaker(engine, write=True)
             for item in checked:
                 chunk, batch, errors, now = item.chunk, item.batch, item.errors, item.now
                 if errors and not skip_invalid:
@@ -231,7 +293,10 @@ def import_file(
                     )
                 report.skipped += len(chunk) - len(batch)
                 with transaction(sessions) as session:
-                    counts = upsert_ratings(session, batch, now=now)
+                    if isinstance(batch, PreparedRows):
+                        counts = upsert_prepared(session, batch, now=now)
+                    else:
+                        counts = upsert_ratings(session, batch, now=now)
                 report.add(counts, len(batch))
                 bar.update(len(chunk))
         refresh_statistics(engine)

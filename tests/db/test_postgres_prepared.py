@@ -7,12 +7,11 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from service.db import queries
 from service.db.session import make_sessionmaker, transaction
 from service.db.upsert import RatingBatch, UpsertCounts, prepare_batch, upsert_ratings
-from tests.db.test_rating_integrity import ORPHANS
+from tests.db.test_rating_integrity import ORPHANS, race_writes_against_user_deletions
 from tests.db.test_upsert import T0, batch, history, stored
 
 
@@ -78,39 +77,48 @@ def test_prepared_ids_round_trip(engine: Engine) -> None:
 
 
 def test_prepared_writes_and_user_deletions_leave_no_orphans(engine: Engine) -> None:
-    sessions = make_sessionmaker(engine, write=True)
-    names = [f"u{n}" for n in range(8)]
-    stop = threading.Event()
-    errors: list[BaseException] = []
+    race_writes_against_user_deletions(engine, rounds=40, prepared=True)
 
-    def write() -> None:
-        try:
-            for round_ in range(40):
-                rating = float(1 + round_ % 4)
-                rows = batch(*[(user, f"i{n}", rating, round_) for user in names for n in range(5)])
-                prepare_batch(rows, "postgresql")
-                with transaction(sessions) as session:
-                    upsert_ratings(session, rows, now=T0)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            stop.set()
 
-    def delete() -> None:
-        try:
-            n = 0
-            while not stop.is_set():
-                with transaction(sessions) as session:
-                    queries.delete_user(session, names[n % len(names)])
-                n += 1
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+def test_users_and_items_created_meanwhile_are_asked_for_again(engine: Engine) -> None:
+    """A user and an item another transaction creates while the batch's statement runs are
+    missing from its result; they are found (and the user locked) by asking again."""
+    with engine.connect() as other:
+        other.execute(
+            text(
+                "INSERT INTO users (external_id, created_at, history_changed_at,"
+                " history_version) VALUES ('late', now(), now(), 0)"
+            )
+        )
+        other.execute(
+            text(
+                "INSERT INTO items (external_id, tags, attributes, created_at, updated_at)"
+                " VALUES ('late item', '[]', '{}', now(), now())"
+            )
+        )
+        results: list[UpsertCounts] = []
+        rows = batch(("late", "late item", 4.0, 10), ("early", "late item", 3.0, 10))
 
-    threads = [threading.Thread(target=write), threading.Thread(target=delete)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+        def write() -> None:
+            results.append(store(engine, rows))
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        with engine.connect() as watcher:  # the batch waits for the uncommitted rows
+            for _ in range(500):
+                if watcher.execute(waiting).scalar_one():
+                    break
+                threading.Event().wait(0.01)
+            else:
+                pytest.fail("the batch never waited for the other transaction")
+        other.commit()
+        writer.join()
+    assert results == [UpsertCounts(2, 0, 0)]
+    assert set(stored(engine)) == {("late", "late item"), ("early", "late item")}
+    assert history(engine, "late") == 1
     with engine.connect() as connection:
         assert connection.execute(ORPHANS).scalar_one() == 0

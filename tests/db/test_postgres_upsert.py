@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from service.db import postgres_stage, queries
+from service.db import postgres_stage
 from service.db.postgres_upsert import COPY_MIN_ROWS
 from service.db.session import make_sessionmaker, transaction
 from service.db.tables import ratings
-from service.db.upsert import UpsertCounts, upsert_batches, upsert_ratings
-from tests.db.test_rating_integrity import ORPHANS
+from service.db.upsert import UpsertCounts, upsert_batches
+from tests.db.test_rating_integrity import race_writes_against_user_deletions
 from tests.db.test_upsert import T0, batch, history, store, stored
 
 
@@ -91,41 +90,7 @@ def test_staged_ids_round_trip(staged: Engine) -> None:
 
 
 def test_staged_writes_and_user_deletions_leave_no_orphans(staged: Engine) -> None:
-    sessions = make_sessionmaker(staged, write=True)
-    names = [f"u{n}" for n in range(8)]
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            for round_ in range(40):
-                rating = float(1 + round_ % 4)
-                rows = batch(*[(user, f"i{n}", rating, round_) for user in names for n in range(5)])
-                with transaction(sessions) as session:
-                    upsert_ratings(session, rows, now=T0)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            stop.set()
-
-    def delete() -> None:
-        try:
-            n = 0
-            while not stop.is_set():
-                with transaction(sessions) as session:
-                    queries.delete_user(session, names[n % len(names)])
-                n += 1
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write), threading.Thread(target=delete)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    with staged.connect() as connection:
-        assert connection.execute(ORPHANS).scalar_one() == 0
+    race_writes_against_user_deletions(staged, rounds=40)
 
 
 def test_a_group_of_batches_over_the_copy_size_keeps_the_rules(pg_engine: Engine) -> None:

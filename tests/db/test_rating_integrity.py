@@ -11,7 +11,8 @@ from sqlalchemy import Engine, text
 import service
 from service.db import queries
 from service.db.session import make_sessionmaker, transaction
-from service.db.upsert import RatingBatch, upsert_ratings
+from service.db.upsert import prepare_batch, upsert_ratings
+from tests.db.test_upsert import batch
 
 ORPHANS = text(
     "SELECT count(*) FROM ratings r LEFT JOIN users u ON u.id = r.user_id"
@@ -35,7 +36,14 @@ def test_no_code_path_deletes_items() -> None:
     assert offending == []
 
 
-def test_users_deleted_while_their_ratings_are_written_leave_no_orphans(engine: Engine) -> None:
+def race_writes_against_user_deletions(
+    engine: Engine, rounds: int, *, prepared: bool = False
+) -> None:
+    """Write `rounds` batches of 8 users' ratings while another thread deletes those users in
+    turn; assert that neither thread failed and that no rating was left without its user.
+
+    `prepared`: the batches are made ready ahead first, as `mfserve import` does.
+    """
     sessions = make_sessionmaker(engine, write=True)
     users = [f"u{n}" for n in range(8)]
     stop = threading.Event()
@@ -43,16 +51,13 @@ def test_users_deleted_while_their_ratings_are_written_leave_no_orphans(engine: 
 
     def write() -> None:
         try:
-            for round_ in range(60):
-                batch = RatingBatch()
-                for user in users:
-                    for item in range(5):
-                        batch.users.append(user)
-                        batch.items.append(f"i{item}")
-                        batch.ratings.append(float(1 + round_ % 4))
-                        batch.event_times.append(datetime.now(UTC))
+            for round_ in range(rounds):
+                rating = float(1 + round_ % 4)
+                rows = batch(*[(user, f"i{n}", rating, round_) for user in users for n in range(5)])
+                if prepared:
+                    prepare_batch(rows, engine.dialect.name)
                 with transaction(sessions) as session:
-                    upsert_ratings(session, batch, now=datetime.now(UTC))
+                    upsert_ratings(session, rows, now=datetime.now(UTC))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -75,3 +80,7 @@ def test_users_deleted_while_their_ratings_are_written_leave_no_orphans(engine: 
         thread.join()
     assert errors == []
     assert orphans(engine) == 0
+
+
+def test_users_deleted_while_their_ratings_are_written_leave_no_orphans(engine: Engine) -> None:
+    race_writes_against_user_deletions(engine, rounds=60)
