@@ -5,6 +5,9 @@ Speed: each system trains on MovieLens 100K and on seeded synthetic data of 1M a
 and the same number of epochs (`--epochs`), each run in a fresh subprocess so that its peak memory
 (max RSS; CUDA peak allocation on a GPU) is its own. Seconds per epoch are the whole `fit` time
 (setup included) divided by the epochs, and each peer's ratio ours/peer comes from the same run.
+Each timing runs `--repeats` times (3 by default), in rounds that go through every system once,
+and the table gives each system's median run with its fastest and slowest fit: a 1M fit lasts
+about a second, so one run each would let a single slow process decide a ratio.
 
 Accuracy (with `--peers`, or `--accuracy`): every system with its default hyper-parameters on
 ML-100K, explicit models on the seeded 90/10 rating split, implicit ones on the 20% per-user
@@ -377,6 +380,16 @@ def spawn(job: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 # ----- tables -----------------------------------------------------------------------------------
+def median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median fit time (the lower middle one of an even count), with every
+    run's fit time added; the first error if any run failed."""
+    failed = [result for result in results if "error" in result]
+    if failed:
+        return failed[0]
+    ordered = sorted(results, key=lambda result: float(result["fit_s"]))
+    return {**ordered[(len(ordered) - 1) // 2], "fit_s_runs": [r["fit_s"] for r in ordered]}
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -396,6 +409,7 @@ def timing_table(results: dict[tuple[str, str], dict[str, Any]], sizes: list[str
             row.update(
                 {
                     "fit s": _fmt(result["fit_s"], 2),
+                    "fit s, all runs": ", ".join(_fmt(f, 2) for f in result["fit_s_runs"]),
                     "s/epoch": _fmt(result["s_per_epoch"], 3),
                     "peak MB": _fmt(result["peak_rss_mb"], 0),
                 }
@@ -408,7 +422,8 @@ def timing_table(results: dict[tuple[str, str], dict[str, Any]], sizes: list[str
                     ratios.append(f"{ratio:.2f}x {peer}")
             row["ours/peer s/epoch"] = ", ".join(ratios)
             rows.append(row)
-    columns = ["data", "system", "fit s", "s/epoch", "peak MB", "ours/peer s/epoch"]
+    columns = ["data", "system", "fit s", "fit s, all runs", "s/epoch", "peak MB"]
+    columns.append("ours/peer s/epoch")
     return format_table(rows, columns)
 
 
@@ -447,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy", action="store_true", help="accuracy table (on with peers)")
     parser.add_argument("--no-timing", action="store_true", help="skip the timing runs")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every timing run")
+    parser.add_argument("--repeats", type=int, default=3, help="timing runs per system and size")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
@@ -470,14 +486,20 @@ def main(argv: list[str] | None = None) -> int:
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     base = {"threads": args.threads, "seed": args.seed, "epochs": args.epochs}
     if not args.no_timing:
-        timings: dict[tuple[str, str], dict[str, Any]] = {}
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for size in sizes:
-            for system in ours + peers:
-                job = {**base, "kind": "timing", "size": size, "system": system}
-                log(f"timing {system} on {size} (load {os.getloadavg()[0]:.2f})")
-                timings[(size, system)] = spawn(job, args.timeout)
-                log(f"  -> {json.dumps(timings[(size, system)])}")
-        print(f"\nTraining time, {args.epochs} epochs, {FACTORS} factors (one run each)")
+            for round_ in range(1, args.repeats + 1):
+                for system in ours + peers:
+                    job = {**base, "kind": "timing", "size": size, "system": system}
+                    load = os.getloadavg()[0]
+                    log(f"timing {system} on {size}, run {round_} (load {load:.2f})")
+                    runs.setdefault((size, system), []).append(spawn(job, args.timeout))
+                    log(f"  -> {json.dumps(runs[(size, system)][-1])}")
+        timings = {key: median_run(results) for key, results in runs.items()}
+        print(
+            f"\nTraining time, {args.epochs} epochs, {FACTORS} factors "
+            f"(median of {args.repeats} runs each, in rounds)"
+        )
         print(timing_table(timings, sizes), flush=True)
     if args.accuracy or args.peers:
         accuracy: dict[str, dict[str, Any]] = {}
