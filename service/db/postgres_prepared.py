@@ -196,11 +196,6 @@ _UPSERT_STORED = f"""
     RETURNING user_id, (xmax = 0) AS inserted
 """
 
-_TOUCH_ALL = """
-    UPDATE users SET history_version = history_version + 1, history_changed_at = %s
-    FROM unnest(%s::integer[]) AS changed(id) WHERE users.id = changed.id
-"""
-
 
 def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int, int]:
     """Upsert `prepare_rows`' rows: their users found or created and locked, their items found
@@ -219,7 +214,6 @@ def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int,
         cursor.execute("SAVEPOINT prepared_copy")
     uids = list(map(user_ids.__getitem__, rows.users))
     iids = list(map(item_ids.__getitem__, rows.items))
-    touched = array_literal(sorted(user_ids.values()))
     try:
         _copy(cursor, _copy_data(uids, iids, rows.ratings, rows.event_us, now))
     except psycopg.errors.UniqueViolation:
@@ -227,7 +221,7 @@ def write_prepared(cursor: Any, rows: PreparedRows, now: datetime) -> tuple[int,
         return _write_with_stored(cursor, uids, iids, rows, now)
     with connection.pipeline():  # each user has a new rating
         connection.execute("RELEASE SAVEPOINT prepared_copy")
-        cursor.execute(_TOUCH_ALL, (now, touched))
+        touch_users(cursor, sorted(user_ids.values()), now)
     return len(uids), 0
 
 

@@ -154,20 +154,55 @@ def _plain_batch(
     """
     if not users:
         return RatingBatch()
+    if not _plain_ids(users, items):
+        return None
+    values = _plain_ratings(ratings, rules)
+    if values is None:
+        return None
+    times = _plain_times(timestamps, rules, now)
+    if times is None:
+        return None
+    return RatingBatch(
+        list(cast(Sequence[str], users)), list(cast(Sequence[str], items)), values, times
+    )
+
+
+def plain_epoch_columns(
+    users: Sequence[object],
+    items: Sequence[object],
+    ratings: Sequence[object],
+    timestamps: Sequence[object],
+    rules: RatingRules,
+) -> tuple[list[float | None], list[int]] | None:
+    """Ratings and event times (Unix epoch microseconds) of non-empty columns that hold only
+    valid values and epoch-second timestamps; else None (`validate_columns` names problems)."""
+    if not users or not _plain_ids(users, items):
+        return None
+    values = _plain_ratings(ratings, rules)
+    seconds = _plain_seconds(timestamps, rules)
+    if values is None or seconds is None:
+        return None
+    return values, [stamp * 1_000_000 for stamp in seconds]
+
+
+def _plain_ids(users: Sequence[object], items: Sequence[object]) -> bool:
+    """Whether every user and item is a valid id, each distinct one checked once."""
     try:
         ids = set(users)
         ids.update(items)
     except TypeError:  # an unhashable value: certainly not an id
-        return None
+        return False
     if any(ident.__class__ is not str for ident in ids):
-        return None
+        return False
     names = cast(set[str], ids)
     if not all(names) or max(map(len, names)) > EXTERNAL_ID_LENGTH:
-        return None
-    if _FORBIDDEN_ID_CHARACTERS.search("".join(names)):
-        return None
-    kinds = set(map(type, ratings))
-    if not kinds <= _PLAIN_RATING_TYPES:
+        return False
+    return not _FORBIDDEN_ID_CHARACTERS.search("".join(names))
+
+
+def _plain_ratings(ratings: Sequence[object], rules: RatingRules) -> list[float | None] | None:
+    """Ratings (None: implicit) as floats when every one is a number on the scale, else None."""
+    if not set(map(type, ratings)) <= _PLAIN_RATING_TYPES:
         return None
     numbers = cast(Sequence[float | None], ratings)
     try:
@@ -177,23 +212,26 @@ def _plain_batch(
     low, high = rules.rating_min, rules.rating_max
     if not all(low <= value <= high for value in values if value is not None):
         return None  # out of range, or not a number (NaN compares false)
-    times = _plain_times(timestamps, rules, now)
-    if times is None:
+    return values
+
+
+def _plain_seconds(timestamps: Sequence[object], rules: RatingRules) -> Sequence[int] | None:
+    """The timestamps when every one is epoch seconds no later than the rules allow, else None."""
+    if set(map(type, timestamps)) != {int}:
         return None
-    return RatingBatch(
-        list(cast(Sequence[str], users)), list(cast(Sequence[str], items)), values, times
-    )
+    seconds = cast(Sequence[int], timestamps)
+    if min(seconds) < 0 or max(seconds) > rules.latest.timestamp():
+        return None
+    return seconds
 
 
 def _plain_times(
     timestamps: Sequence[object], rules: RatingRules, now: datetime
 ) -> list[datetime] | None:
     """Event times of valid timestamps (None: `now`), or None at the first invalid one."""
-    from_epoch = datetime.fromtimestamp
-    if set(map(type, timestamps)) == {int}:
-        seconds = cast(Sequence[int], timestamps)
-        if min(seconds) >= 0 and max(seconds) <= rules.latest.timestamp():
-            return [from_epoch(stamp, UTC) for stamp in seconds]
+    seconds = _plain_seconds(timestamps, rules)
+    if seconds is not None:
+        return [datetime.fromtimestamp(stamp, UTC) for stamp in seconds]
     times = []
     for stamp in timestamps:
         event_time, problem = _check_timestamp(stamp, now, rules.latest)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import queue
 import sys
 import threading
@@ -11,8 +10,6 @@ from collections.abc import Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import repeat
-from operator import mul
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,7 +38,7 @@ from service.domain.ingest import (
     InvalidRatingsError,
     RatingRules,
     RowError,
-    check_external_id,
+    plain_epoch_columns,
     validate_columns,
 )
 from service.tools.ratings_file import (
@@ -100,32 +97,16 @@ def plain_rows(chunk: RawChunk, settings: Settings, now: datetime) -> PreparedRo
     """A chunk made ready for PostgreSQL's prepared path when every row of it is valid and
     plain (epoch-second timestamps), else None (then `validate_chunk` names the problems).
 
-    What `validate_chunk` would accept, checked column by column and with each distinct id
-    once; event times stay integers instead of becoming datetimes.
+    Event times stay integers instead of becoming datetimes.
     """
-    users, items = cast(list[str], chunk.users), cast(list[str], chunk.items)
-    if chunk.errors or not users:
-        return None
-    seconds = cast(list[int], chunk.timestamps)
-    if set(map(type, seconds)) != {int}:
+    if chunk.errors:
         return None
     rules = RatingRules.from_settings(settings, now)
-    if min(seconds) < 0 or max(seconds) > rules.latest.timestamp():
+    columns = plain_epoch_columns(chunk.users, chunk.items, chunk.ratings, chunk.timestamps, rules)
+    if columns is None:
         return None
-    ratings = cast(list[float | None], chunk.ratings)  # floats or None, as read
-    values = [value for value in ratings if value is not None] if None in ratings else ratings
-    if values and (
-        any(map(math.isnan, cast(list[float], values)))
-        or min(cast(list[float], values)) < rules.rating_min
-        or max(cast(list[float], values)) > rules.rating_max
-    ):
-        return None
-    names = set(users)
-    names.update(items)
-    if any(map(check_external_id, names)):
-        return None
-    event_us = list(map(mul, seconds, repeat(1_000_000)))
-    return prepare_columns(users, items, ratings, event_us)
+    users, items = cast(list[str], chunk.users), cast(list[str], chunk.items)
+    return prepare_columns(users, items, *columns)
 
 
 @dataclass

@@ -157,7 +157,7 @@ class NegativeSampler:
         if self.user_items is not None:
             return torch.from_numpy(self.sample_array(users.numpy(), count))
         candidates = self._draw((len(users), count))
-        if self.keys is None and self.bitmap is None and self.user_items is None:
+        if self.keys is None and self.bitmap is None:
             return candidates
         redrawn: tuple[torch.Tensor, ...] | None = None
         for _ in range(REDRAW_ROUNDS):
